@@ -1,0 +1,226 @@
+"""What flows between the engine's parts, and what plugs into it.
+
+Read this module first: it names every piece of the search. Data is plain,
+frozen where it can be; the pluggable parts are ``Protocol``s or ``Callable``
+aliases, so a test can pass a fake anywhere a model would go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+ROOT_INDEX = 0
+"""Tree-local index of the root node."""
+
+NO_PARENT = -1
+"""``Node.parent`` of the root."""
+
+Phase = Literal["select", "expand", "filter", "evaluate", "rollout", "backpropagate"]
+"""The phases of one simulation, in order; each emits a ``SearchEvent``."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One question to search on.
+
+    Attributes:
+        question: the text shown to the policy, non-empty.
+        answer: the gold final answer as a normalised number string, or None when
+            the user typed a question without one.
+        task: the task that produced it ("arithmetic", "gsm8k", "custom").
+        index: position in the task's split (0-based), or None for a typed question.
+        meta: anything else the task knows (difficulty, reference solution, ...).
+    """
+
+    question: str
+    answer: str | None = None
+    task: str = "custom"
+    index: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A run of tokens the policy wrote from a state until a termination fired.
+
+    Attributes:
+        text: the decoded option text (as generated; may end with a newline).
+        token_ids: the generated token ids, in order; len >= 1.
+        logprob_sum: sum of the tokens' log-probabilities under the policy at
+            temperature 1, in (-inf, 0].
+        logprob_mean: logprob_sum / len(token_ids), in (-inf, 0].
+        finished: True when the policy ended the whole solution (end-of-sequence
+            token) rather than one step.
+        stop_reason: which termination fired ("newline", "blank_line",
+            "formula", "token_cap", "eos").
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprob_sum: float
+    logprob_mean: float
+    finished: bool
+    stop_reason: str
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A fast completion from a node to the end of the solution, and its scores.
+
+    Attributes:
+        text: the completion text after the node's state.
+        tokens: number of generated tokens.
+        answer: the final answer extracted from the full trajectory, or None.
+        orm: outcome reward model score of the full trajectory, in [0, 1], or None
+            when the ORM is off.
+        tool: the arithmetic checker's score of the full trajectory, in [0, 1], or
+            None when the trajectory makes no checkable claim (or the tool is off).
+    """
+
+    text: str
+    tokens: int
+    answer: str | None
+    orm: float | None
+    tool: float | None
+
+
+@dataclass(frozen=True)
+class CriticScores:
+    """Every critic's view of one node, each in [0, 1], None where not computed.
+
+    Attributes:
+        value: the value head's expected return of the node's state.
+        prm: the process reward model's p("True") that the node's option is a
+            correct step.
+        orm: mean outcome reward over the node's rollouts (or of the node's own
+            trajectory when it is terminal).
+        tool: mean arithmetic-checker score over the same trajectories.
+        combined: the weighted mean of the present scores under the run's critic
+            weights (weights of absent critics drop out and the rest renormalise);
+            this is what backpropagates.
+    """
+
+    value: float | None = None
+    prm: float | None = None
+    orm: float | None = None
+    tool: float | None = None
+    combined: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrajectoryRequest:
+    """What a critic may look at: the problem and the steps so far."""
+
+    question: str
+    steps: tuple[str, ...]
+    finished: bool
+
+
+class Policy(Protocol):
+    """A language model that writes options (how the state moves).
+
+    States are token-id sequences: the prompt followed by the options of a path.
+    Backends may cache whatever they like keyed by those ids; callers never see it.
+    """
+
+    name: str
+
+    def root_state(self, question: str) -> tuple[int, ...]:
+        """The token ids of the prompt that starts a solution of ``question``."""
+        ...
+
+    def propose(
+        self,
+        state: tuple[int, ...],
+        *,
+        k: int,
+        termination: TerminationFn,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> list[Option]:
+        """Sample ``k`` options from ``state`` in one batch, each ending when
+        ``termination`` fires, at ``max_tokens`` tokens, or at end-of-sequence."""
+        ...
+
+    def complete(
+        self,
+        state: tuple[int, ...],
+        *,
+        n: int,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> list[Option]:
+        """Finish the solution from ``state`` ``n`` times (fast rollouts)."""
+        ...
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of ``token_ids``."""
+        ...
+
+    def stats(self) -> PolicyStats:
+        """Counters since the policy was made (tokens generated, prefilled, time)."""
+        ...
+
+
+@dataclass
+class PolicyStats:
+    """Work counters of a policy backend.
+
+    Attributes:
+        generated_tokens: tokens sampled.
+        prefill_tokens: prompt/prefix tokens run through the model outside decoding,
+            i.e. not served from the prefix cache.
+        cached_tokens: prefix tokens served from the prefix cache instead.
+        generate_seconds: wall seconds spent inside ``propose``/``complete``.
+    """
+
+    generated_tokens: int = 0
+    prefill_tokens: int = 0
+    cached_tokens: int = 0
+    generate_seconds: float = 0.0
+
+
+class StepCritic(Protocol):
+    """Scores the last step of each trajectory (PRM), in [0, 1]."""
+
+    def score_steps(self, requests: Sequence[TrajectoryRequest]) -> list[float]: ...
+
+
+class OutcomeCritic(Protocol):
+    """Scores whole trajectories (ORM, arithmetic checker); None = no opinion."""
+
+    def score_outcomes(self, requests: Sequence[TrajectoryRequest]) -> list[float | None]: ...
+
+
+class ValueCritic(Protocol):
+    """Expected return of the states the trajectories reach, in [0, 1] (value head)."""
+
+    def score_states(self, requests: Sequence[TrajectoryRequest]) -> list[float]: ...
+
+
+TerminationFn = Callable[[str, int], bool]
+"""``(option_text_so_far, token_count) -> stop?`` evaluated after each token."""
+
+SimilarityFn = Callable[[Sequence[str], Sequence[str]], list[list[float]]]
+"""``(candidates, existing) -> similarity matrix`` with values in [0, 1]."""
+
+
+@dataclass(frozen=True)
+class SearchEvent:
+    """One phase of one simulation, for replaying growth.
+
+    Attributes:
+        simulation: 0-based simulation index.
+        phase: which phase.
+        node: tree-local index of the node the phase acted on.
+        data: small JSON-able details (children made, value backed up, ...).
+    """
+
+    simulation: int
+    phase: Phase
+    node: int
+    data: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,111 @@
+"""Opening the store: URL resolution, SQLite WAL set-up, schema creation and checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from store.schema import SCHEMA_VERSION, SchemaInfo
+
+DB_ENV_VAR = "CANOPY_DB"
+"""Environment variable holding the default database URL."""
+
+
+class StoreError(Exception):
+    """The database cannot be used as asked; the message names the fix."""
+
+
+def default_db_url() -> str:
+    """``$CANOPY_DB``, else SQLite at ``$XDG_DATA_HOME/canopy/canopy.db``
+    (``~/.local/share/canopy/canopy.db``)."""
+    if url := os.environ.get(DB_ENV_VAR):
+        return url
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return f"sqlite:///{data_home / 'canopy' / 'canopy.db'}"
+
+
+def normalize_url(url_or_path: str) -> str:
+    """Accept a SQLAlchemy URL or a plain file path (taken as SQLite)."""
+    if "://" in url_or_path:
+        return url_or_path
+    return f"sqlite:///{Path(url_or_path).expanduser().absolute()}"
+
+
+def _set_sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the app read while a search writes; busy_timeout makes a writer
+    # wait for another instead of failing at once.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
+    """An engine for ``url`` (default: ``default_db_url()``).
+
+    With ``create`` the SQLite file's folder and the tables are made and the
+    database is checked to be writable; without it a missing SQLite file is an
+    error (readers must not create databases). Raises ``StoreError`` with a
+    one-line reason on any problem.
+    """
+    url = normalize_url(url or default_db_url())
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"not a database URL: {url!r} ({exc})") from None
+    is_sqlite = parsed.get_backend_name() == "sqlite"
+    if is_sqlite and parsed.database and parsed.database != ":memory:":
+        path = Path(parsed.database)
+        if not path.exists():
+            if not create:
+                raise StoreError(f"no database at {path}; run a search first or pass --db")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the database folder {path.parent}: {exc.strerror}") from None
+        elif create and not os.access(path, os.W_OK):
+            raise StoreError(f"database {path} is read-only; pass a writable --db")
+        if create and not os.access(path.parent, os.W_OK):
+            raise StoreError(f"database folder {path.parent} is read-only; pass a writable --db")
+    engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+    if is_sqlite:
+        event.listen(engine, "connect", _set_sqlite_pragmas)
+    try:
+        if create:
+            SQLModel.metadata.create_all(engine)
+            _stamp_schema(engine)
+        check_schema(engine)
+    except OperationalError as exc:
+        engine.dispose()
+        raise StoreError(f"cannot use database {url}: {exc.orig}") from None
+    return engine
+
+
+def _stamp_schema(engine: Engine) -> None:
+    with Session(engine) as session:
+        if session.get(SchemaInfo, "schema_version") is None:
+            session.add(SchemaInfo(key="schema_version", value=str(SCHEMA_VERSION)))
+            session.commit()
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise ``StoreError`` unless the database holds this version's schema."""
+    tables = set(inspect(engine).get_table_names())
+    if "schemainfo" not in tables:
+        if not tables:
+            raise StoreError("the database is empty; run a search first")
+        raise StoreError("the database was made by an older Canopy (no schema version); use a new --db")
+    with Session(engine) as session:
+        row = session.exec(select(SchemaInfo).where(SchemaInfo.key == "schema_version")).first()
+    version = int(row.value) if row else 0
+    if version != SCHEMA_VERSION:
+        raise StoreError(
+            f"the database has schema version {version}, this Canopy needs {SCHEMA_VERSION}; use a new --db"
+        )
