@@ -150,15 +150,22 @@ class Policy(Protocol):
         state: tuple[int, ...],
         *,
         n: int,
+        termination: TerminationFn,
         max_tokens: int,
         temperature: float,
         seed: int,
     ) -> list[Option]:
-        """Finish the solution from ``state`` ``n`` times (fast rollouts)."""
+        """Finish the solution from ``state`` ``n`` times (fast rollouts), each
+        ending at end-of-sequence, when ``termination`` fires, or at ``max_tokens``."""
         ...
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """Text of ``token_ids``."""
+        ...
+
+    def extend(self, state: tuple[int, ...], text: str) -> tuple[int, ...]:
+        """``state`` followed by the tokens of ``text`` (to hand a path written by
+        another model's tokenizer to this one)."""
         ...
 
     def stats(self) -> PolicyStats:
@@ -202,8 +209,9 @@ class ValueCritic(Protocol):
     def score_states(self, requests: Sequence[TrajectoryRequest]) -> list[float]: ...
 
 
-TerminationFn = Callable[[str, int], bool]
-"""``(option_text_so_far, token_count) -> stop?`` evaluated after each token."""
+TerminationFn = Callable[[str], str | None]
+"""``option_text_so_far -> reason`` evaluated after each token: the name of the
+rule that fired ("newline", "blank_line", "formula", "answer"), or None to go on."""
 
 SimilarityFn = Callable[[Sequence[str], Sequence[str]], list[list[float]]]
 """``(candidates, existing) -> similarity matrix`` with values in [0, 1]."""

@@ -1,0 +1,357 @@
+"""The ``hf`` backend: transformers on CPU or GPU, with a prefix cache.
+
+Every state the search reaches is a token-id prefix of its children's states.
+The backend keeps the KV cache (and last logits and hidden state) of recent
+states in a byte-bounded LRU ``PrefixCache``: expanding a node starts from its
+own cached state, and anything else (a rollout by another path, a critic
+prompt) starts from the longest cached prefix, so the shared part is never
+prefilled twice. Siblings are sampled as one batch; a row that finishes an
+option is fed its last token once more, so the child's state is cached whole and
+its own expansion needs no prefill at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from engine.types import Option, PolicyStats, TerminationFn
+
+SYSTEM_PROMPT = (
+    "You are a careful math tutor. Solve the problem step by step, one short step per line, "
+    "writing each calculation out (e.g. 3 * 4 = 12). Finish with a line 'The answer is N.'"
+)
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class CacheEntry:
+    """The model's view after reading a state: per-layer keys/values of shape
+    [1, heads, length, head_dim], the next-token logits [1, vocab] and the last
+    hidden state [1, hidden]."""
+
+    kv: KV
+    logits: torch.Tensor
+    hidden: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.kv)
+
+
+class PrefixCache:
+    """Byte-bounded LRU map from token-id states to ``CacheEntry``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._entries: OrderedDict[tuple[int, ...], CacheEntry] = OrderedDict()
+        self._lengths: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, state: tuple[int, ...]) -> CacheEntry | None:
+        entry = self._entries.get(state)
+        if entry is not None:
+            self._entries.move_to_end(state)
+        return entry
+
+    def longest_prefix(self, state: tuple[int, ...]) -> tuple[int, CacheEntry | None]:
+        """The longest cached state that is a proper prefix of ``state``."""
+        for length in sorted(self._lengths, reverse=True):
+            if length < len(state) and (entry := self.get(state[:length])) is not None:
+                return length, entry
+        return 0, None
+
+    def put(self, state: tuple[int, ...], entry: CacheEntry) -> None:
+        if state in self._entries:
+            return
+        self._entries[state] = entry
+        self._lengths[len(state)] = self._lengths.get(len(state), 0) + 1
+        self.nbytes += entry.nbytes
+        while self.nbytes > self.max_bytes and len(self._entries) > 1:
+            old_state, old = self._entries.popitem(last=False)
+            self.nbytes -= old.nbytes
+            self._lengths[len(old_state)] -= 1
+            if not self._lengths[len(old_state)]:
+                del self._lengths[len(old_state)]
+
+
+def _kv_of(cache: DynamicCache) -> KV:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _row(cache: DynamicCache, position: int) -> KV:
+    return [
+        (k[position : position + 1].clone(), v[position : position + 1].clone()) for k, v in _kv_of(cache)
+    ]
+
+
+class HFPolicy:
+    """A transformers causal LM as a ``Policy`` and as a True/False scorer.
+
+    Args:
+        model: a loaded ``AutoModelForCausalLM`` in eval mode.
+        tokenizer: its tokenizer (a chat template is used when present).
+        name: shown in logs and stored with runs.
+        cache_bytes: budget of the prefix cache (default 3 GiB).
+    """
+
+    def __init__(self, model, tokenizer, *, name: str, cache_bytes: int = 3 << 30) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = next(model.parameters()).device
+        self.cache = PrefixCache(cache_bytes)
+        self._stats = PolicyStats()
+        self.eos_ids = self._eos_ids()
+        self.true_ids = self._word_ids(("True", " True", "true", " true"))
+        self.false_ids = self._word_ids(("False", " False", "false", " false"))
+
+    # -- prompts -------------------------------------------------------------
+
+    def chat_ids(self, system: str, user: str) -> tuple[int, ...]:
+        """Token ids of a chat turn ready for the assistant's reply."""
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        else:
+            text = f"{system}\n\nQuestion: {user}\nAnswer:\n"
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def root_state(self, question: str) -> tuple[int, ...]:
+        return self.chat_ids(SYSTEM_PROMPT, question)
+
+    def extend(self, state: tuple[int, ...], text: str) -> tuple[int, ...]:
+        return state + tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def stats(self) -> PolicyStats:
+        return PolicyStats(**vars(self._stats))
+
+    # -- the model -----------------------------------------------------------
+
+    def _forward(self, input_ids: torch.Tensor, cache: DynamicCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``input_ids`` [B, T] after ``cache`` (updated in place); last logits and hidden."""
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=input_ids.to(self.device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                output_hidden_states=True,
+            )
+        return out.logits[:, -1, :].float(), out.hidden_states[-1][:, -1, :].float()
+
+    def state_entry(self, state: tuple[int, ...]) -> CacheEntry:
+        """The cached view of ``state``, prefilling only what no cached prefix covers."""
+        entry = self.cache.get(state)
+        if entry is not None:
+            self._stats.cached_tokens += len(state)
+            return entry
+        start, base = self.cache.longest_prefix(state)
+        cache = DynamicCache(ddp_cache_data=base.kv) if base is not None else DynamicCache()
+        logits, hidden = self._forward(torch.tensor([state[start:]]), cache)
+        self._stats.prefill_tokens += len(state) - start
+        self._stats.cached_tokens += start
+        entry = CacheEntry(_kv_of(cache), logits, hidden)
+        self.cache.put(state, entry)
+        return entry
+
+    # -- sampling ------------------------------------------------------------
+
+    def propose(
+        self,
+        state: tuple[int, ...],
+        *,
+        k: int,
+        termination: TerminationFn,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> list[Option]:
+        return self._sample(state, k, termination, max_tokens, temperature, seed, keep_states=True)
+
+    def complete(
+        self,
+        state: tuple[int, ...],
+        *,
+        n: int,
+        termination: TerminationFn,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> list[Option]:
+        return self._sample(state, n, termination, max_tokens, temperature, seed, keep_states=False)
+
+    def _sample(
+        self,
+        state: tuple[int, ...],
+        n: int,
+        termination: TerminationFn,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+        *,
+        keep_states: bool,
+    ) -> list[Option]:
+        """Sample ``n`` continuations of ``state`` as one batch.
+
+        With ``keep_states`` each continuation that did not end the solution is
+        fed its last token once more and its state is cached for expansion.
+        """
+        started = time.perf_counter()
+        entry = self.state_entry(state)
+        generator = torch.Generator().manual_seed(seed)
+        cache = DynamicCache(ddp_cache_data=entry.kv)
+        cache.batch_repeat_interleave(n)
+        logits = entry.logits.expand(n, -1)
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logprobs = [0.0] * n
+        reasons: list[str | None] = [None] * n
+        stored = [False] * n
+        rows = list(range(n))  # batch position -> row
+        while True:
+            active = [pos for pos, row in enumerate(rows) if reasons[row] is None]
+            if active:
+                picked, picked_logprobs = self._draw(logits[active], temperature, generator)
+                for pos, token, logprob in zip(active, picked, picked_logprobs, strict=True):
+                    row = rows[pos]
+                    tokens[row].append(token)
+                    logprobs[row] += logprob
+                    if token in self.eos_ids:
+                        reasons[row] = "eos"
+                    elif reason := termination(self.decode(tokens[row])):
+                        reasons[row] = reason
+                    elif len(tokens[row]) >= max_tokens:
+                        reasons[row] = "token_cap"
+            feed = [
+                pos
+                for pos, row in enumerate(rows)
+                if reasons[row] is None or (keep_states and reasons[row] != "eos" and not stored[row])
+            ]
+            if not feed:
+                break
+            if len(feed) < len(rows):
+                cache.batch_select_indices(torch.tensor(feed))
+                rows = [rows[pos] for pos in feed]
+            last = torch.tensor([[tokens[row][-1]] for row in rows])
+            logits, hidden = self._forward(last, cache)
+            for pos, row in enumerate(rows):
+                if reasons[row] is not None:
+                    child_state = state + tuple(tokens[row])
+                    self.cache.put(
+                        child_state,
+                        CacheEntry(_row(cache, pos), logits[pos : pos + 1], hidden[pos : pos + 1]),
+                    )
+                    stored[row] = True
+        self._stats.generated_tokens += sum(len(row_tokens) for row_tokens in tokens)
+        self._stats.generate_seconds += time.perf_counter() - started
+        return [
+            Option(
+                text=self.decode(tokens[row]),
+                token_ids=tuple(tokens[row]),
+                logprob_sum=logprobs[row],
+                logprob_mean=logprobs[row] / len(tokens[row]),
+                finished=reasons[row] == "eos",
+                stop_reason=reasons[row] or "token_cap",
+            )
+            for row in range(n)
+        ]
+
+    @staticmethod
+    def _draw(
+        logits: torch.Tensor, temperature: float, generator: torch.Generator
+    ) -> tuple[list[int], list[float]]:
+        """Sample one token per row at ``temperature``; log-probs at temperature 1."""
+        probs = torch.softmax(logits / temperature, dim=-1)
+        picked = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        logprobs = torch.log_softmax(logits, dim=-1).gather(1, picked[:, None]).squeeze(1)
+        return picked.tolist(), logprobs.tolist()
+
+    # -- scoring -------------------------------------------------------------
+
+    def score_true(self, prompts: Sequence[tuple[str, str]]) -> list[float]:
+        """p("True") / (p("True") + p("False")) as the reply to each (system, user) prompt.
+
+        The prompts' common token prefix is read once (and cached); the
+        differing tails run as one right-padded batch.
+        """
+        hidden = self._read_batch([self.chat_ids(system, user) for system, user in prompts])
+        with torch.inference_mode():
+            logits = self.model.get_output_embeddings()(hidden.to(self.device)).float()
+        probs = torch.softmax(logits, dim=-1)
+        p_true = probs[:, self.true_ids].sum(dim=-1)
+        p_false = probs[:, self.false_ids].sum(dim=-1)
+        return (p_true / (p_true + p_false).clamp_min(1e-12)).tolist()
+
+    def last_hidden(self, states: Sequence[tuple[int, ...]]) -> torch.Tensor:
+        """The final hidden state [len(states), hidden] after reading each state."""
+        return self._read_batch(list(states))
+
+    def _read_batch(self, states: list[tuple[int, ...]]) -> torch.Tensor:
+        prefix_len = min(len(state) for state in states) - 1
+        first = states[0]
+        for state in states[1:]:
+            same = 0
+            while same < prefix_len and state[same] == first[same]:
+                same += 1
+            prefix_len = same
+        if prefix_len > 0:
+            cache = DynamicCache(ddp_cache_data=self.state_entry(first[:prefix_len]).kv)
+            cache.batch_repeat_interleave(len(states))
+        else:
+            cache = DynamicCache()
+        tails = [state[prefix_len:] for state in states]
+        width = max(len(tail) for tail in tails)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        # Right padding: a row's real tokens never attend to the pads after them.
+        batch = torch.tensor([list(tail) + [pad] * (width - len(tail)) for tail in tails])
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=batch.to(self.device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                output_hidden_states=True,
+            )
+        self._stats.prefill_tokens += sum(len(tail) for tail in tails)
+        last = torch.tensor([len(tail) - 1 for tail in tails])
+        return out.hidden_states[-1][torch.arange(len(states)), last].float()
+
+    # -- set-up --------------------------------------------------------------
+
+    def _eos_ids(self) -> frozenset[int]:
+        ids = set()
+        for source in (
+            self.tokenizer.eos_token_id,
+            getattr(self.model.generation_config, "eos_token_id", None),
+        ):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        for token in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+            token_id = self.tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
+                ids.add(token_id)
+        return frozenset(ids)
+
+    def _word_ids(self, words: Sequence[str]) -> list[int]:
+        ids = set()
+        for word in words:
+            encoded = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+            if len(encoded) == 1:
+                ids.add(encoded[0])
+        if not ids:
+            raise ValueError(f"the tokenizer has no single token for any of {list(words)}")
+        return sorted(ids)

@@ -1,0 +1,58 @@
+"""Termination functions: when an option (a run of tokens) is complete.
+
+Each is ``text_so_far -> reason | None``; ``make_termination`` composes the
+configured ones. The token cap is applied by the policy itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from engine.answers import extract_answer
+from engine.types import TerminationFn
+
+# A computation is complete once "= <number>" is followed by a space or a
+# line end, e.g. "3 + 4 = 7 " or "3 * 4 = 12.\n", or a GSM8K "<<...>>" closes.
+_FORMULA_DONE = re.compile(r"=\s*\$?-?\d[\d,]*(?:\.\d+)?%?[.,;:!?)]?\s|>>")
+
+
+def newline(text: str) -> str | None:
+    """Fires at the first line break that follows some non-blank text."""
+    stripped = text.lstrip()
+    return "newline" if "\n" in stripped else None
+
+
+def blank_line(text: str) -> str | None:
+    """Fires at the first blank line that follows some non-blank text."""
+    stripped = text.lstrip()
+    return "blank_line" if "\n\n" in stripped or "\n \n" in stripped else None
+
+
+def formula(text: str) -> str | None:
+    """Fires once an equation in the option has its result written out."""
+    return "formula" if _FORMULA_DONE.search(text) else None
+
+
+def answer_stated(text: str) -> str | None:
+    """Fires at the end of the line that states the final answer (for rollouts)."""
+    return "answer" if text.endswith("\n") and extract_answer(text) is not None else None
+
+
+RULES = {"newline": newline, "blank_line": blank_line, "formula": formula, "answer": answer_stated}
+
+
+def make_termination(names: Sequence[str]) -> TerminationFn:
+    """The rule that fires when any of ``names`` fires (reports the first that did)."""
+    unknown = [name for name in names if name not in RULES]
+    if unknown or not names:
+        raise ValueError(f"unknown termination {unknown}; choose from {sorted(RULES)}")
+    rules = [RULES[name] for name in names]
+
+    def terminate(text: str) -> str | None:
+        for rule in rules:
+            if reason := rule(text):
+                return reason
+        return None
+
+    return terminate
