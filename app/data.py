@@ -1,0 +1,446 @@
+"""Reading the store for the app: one cached engine per database URL and cached
+queries that return plain DataFrames. Queries about a tree that may still be
+growing take a ``stamp`` (see ``tree_stamp``) so the cache refreshes exactly when
+the tree changes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import case, func, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from app.engine_info import answers_match
+from store.db import StoreError, default_db_url, make_engine, normalize_url
+from store.schema import FilteredOption, Iteration, Node, Problem, Run, SearchEvent, TrainingExample, Tree
+
+HEARTBEAT_TIMEOUT = timedelta(seconds=60)
+"""A "running" run whose heartbeat is older than this has no writer any more."""
+
+SCORE_COLUMNS = {
+    "value": "value_score",
+    "prm": "prm_score",
+    "orm": "orm_score",
+    "tool": "tool_score",
+    "combined": "combined_score",
+    "q": "q",
+}
+CRITIC_NAMES = {
+    "value": "Value function",
+    "prm": "PRM",
+    "orm": "ORM",
+    "tool": "Arithmetic checker",
+    "combined": "Combined",
+    "q": "Q",
+}
+
+_NODE_COLUMNS = [
+    Node.index,
+    Node.parent_index,
+    Node.depth,
+    Node.option_text,
+    Node.token_count,
+    Node.logprob_mean,
+    Node.stop_reason,
+    Node.prior,
+    Node.visits,
+    Node.value_sum,
+    Node.q,
+    Node.value_score,
+    Node.prm_score,
+    Node.orm_score,
+    Node.tool_score,
+    Node.combined_score,
+    Node.rollouts,
+    Node.terminal,
+    Node.answer,
+    Node.created_simulation,
+    Node.target_width,
+    Node.exhausted,
+]
+
+
+def db_url() -> str:
+    """The database the app reads: ``$CANOPY_DB``, else the default store."""
+    return normalize_url(default_db_url())
+
+
+@st.cache_resource(show_spinner=False)
+def _engine(url: str) -> Engine:
+    return make_engine(url, create=False)
+
+
+def engine(url: str) -> Engine:
+    """The store at ``url``; raises ``StoreError`` (one-line reason) if unusable.
+    Failures are not cached, so a database created later is picked up."""
+    return _engine(url)
+
+
+def store_problem(url: str) -> str | None:
+    """Why the store cannot be read, or None."""
+    try:
+        engine(url)
+    except StoreError as exc:
+        return str(exc)
+    return None
+
+
+def present(value: Any) -> bool:
+    """Not None and not a pandas missing value (NaN/NaT)."""
+    if value is None:
+        return False
+    try:
+        return not bool(pd.isna(value))
+    except (TypeError, ValueError):  # lists and dicts are present
+        return True
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """Stored times are UTC; older rows may come back without a timezone."""
+    if not present(moment):
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def run_state(status: str, heartbeat_at: datetime | None, now: datetime | None = None) -> str:
+    """The status to show: a "running" run without a recent heartbeat is dead."""
+    now = now or datetime.now(UTC)
+    beat = as_utc(heartbeat_at)
+    if status == "running" and (beat is None or now - beat > HEARTBEAT_TIMEOUT):
+        return "stopped (no heartbeat)"
+    return status
+
+
+STATE_ICONS = {
+    "running": "● running",
+    "completed": "✓ completed",
+    "failed": "✗ failed",
+    "interrupted": "■ interrupted",
+    "stopped (no heartbeat)": "⚠ stopped (no heartbeat)",
+}
+
+
+def _rows(url: str, statement: Any) -> list[dict[str, Any]]:
+    with engine(url).connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(statement)]
+
+
+def _frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(columns))
+
+
+@st.cache_data(ttl=1, show_spinner=False)
+def runs(url: str) -> pd.DataFrame:
+    """One row per run with tree totals and the state to display, newest first."""
+    totals = (
+        select(
+            Tree.run_id,
+            func.count(Tree.id).label("trees"),
+            func.sum(Tree.node_count).label("nodes"),
+            func.sum(Tree.simulations_done).label("simulations"),
+            func.count(Tree.correct).label("graded"),
+            func.sum(case((Tree.correct.is_(True), 1), else_=0)).label("correct"),
+        )
+        .group_by(Tree.run_id)
+        .subquery()
+    )
+    statement = (
+        select(
+            Run.id,
+            Run.created_at,
+            Run.status,
+            Run.model,
+            Run.rollout_model,
+            Run.task,
+            Run.kind,
+            Run.method,
+            Run.seed,
+            Run.iteration_id,
+            Iteration.name.label("iteration"),
+            Run.error,
+            Run.heartbeat_at,
+            Run.finished_at,
+            Run.seconds,
+            Run.pid,
+            Run.config,
+            func.coalesce(totals.c.trees, 0).label("trees"),
+            func.coalesce(totals.c.nodes, 0).label("nodes"),
+            func.coalesce(totals.c.simulations, 0).label("simulations"),
+            func.coalesce(totals.c.graded, 0).label("graded"),
+            func.coalesce(totals.c.correct, 0).label("correct"),
+        )
+        .outerjoin(totals, totals.c.run_id == Run.id)
+        .outerjoin(Iteration, Iteration.id == Run.iteration_id)
+        .order_by(Run.id.desc())
+    )
+    rows = _rows(url, statement)
+    now = datetime.now(UTC)
+    for row in rows:
+        row["created_at"] = as_utc(row["created_at"])
+        row["state"] = run_state(row["status"], row["heartbeat_at"], now)
+        row["shown_state"] = STATE_ICONS.get(row["state"], row["state"])
+        row["accuracy"] = row["correct"] / row["graded"] if row["graded"] else None
+    columns = [c.name for c in statement.selected_columns] + ["state", "shown_state", "accuracy"]
+    return _frame(rows, columns)
+
+
+def run_label(run: dict[str, Any] | pd.Series) -> str:
+    created = as_utc(run["created_at"])
+    when = created.strftime("%Y-%m-%d %H:%M") if created else "?"
+    return f"Run {run['id']} · {run['model']} · {run['task']} · {when} · {run['state']}"
+
+
+@st.cache_data(ttl=1, show_spinner=False)
+def trees(url: str) -> pd.DataFrame:
+    """One row per tree with its problem and its run's model/iteration, newest first."""
+    statement = (
+        select(
+            Tree.id,
+            Tree.run_id,
+            Tree.status,
+            Tree.simulations_done,
+            Tree.simulations_target,
+            Tree.node_count,
+            Tree.filtered_count,
+            Tree.answer,
+            Tree.answers,
+            Tree.chosen_path,
+            Tree.correct,
+            Tree.seconds,
+            Tree.generated_tokens,
+            Tree.created_at,
+            Tree.updated_at,
+            Tree.problem_id,
+            Problem.task,
+            Problem.index.label("problem_index"),
+            Problem.question,
+            Problem.answer.label("gold"),
+            Run.model,
+            Run.iteration_id,
+            Run.status.label("run_status"),
+        )
+        .join(Problem, Problem.id == Tree.problem_id)
+        .join(Run, Run.id == Tree.run_id)
+        .order_by(Tree.id.desc())
+    )
+    rows = _rows(url, statement)
+    for row in rows:
+        row["created_at"] = as_utc(row["created_at"])
+    return _frame(rows, [c.name for c in statement.selected_columns])
+
+
+def tree_label(tree: dict[str, Any] | pd.Series, width: int = 70) -> str:
+    question = " ".join(str(tree["question"]).split())
+    question = question if len(question) <= width else question[: width - 1] + "…"
+    verdict = (
+        {True: "✓ correct", False: "✗ wrong"}[bool(tree["correct"])]
+        if present(tree["correct"])
+        else "not graded"
+    )
+    return f"Tree {tree['id']} · {verdict} · {tree['node_count']} nodes · {question}"
+
+
+def tree_stamp(url: str, tree_id: int) -> tuple[Any, ...]:
+    """Changes whenever the tree's stored content does (uncached, cheap)."""
+    statement = select(
+        Tree.updated_at,
+        Tree.simulations_done,
+        Tree.status,
+        select(func.count(Node.id)).where(Node.tree_id == tree_id).scalar_subquery(),
+        select(func.count(FilteredOption.id)).where(FilteredOption.tree_id == tree_id).scalar_subquery(),
+    ).where(Tree.id == tree_id)
+    rows = _rows(url, statement)
+    return tuple(rows[0].values()) if rows else ()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def tree_nodes(url: str, tree_id: int, stamp: tuple[Any, ...]) -> pd.DataFrame:
+    statement = select(*_NODE_COLUMNS).where(Node.tree_id == tree_id).order_by(Node.index)
+    return _frame(_rows(url, statement), [c.name for c in _NODE_COLUMNS])
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def tree_filtered(url: str, tree_id: int, stamp: tuple[Any, ...]) -> pd.DataFrame:
+    columns = [
+        FilteredOption.id,
+        FilteredOption.parent_index,
+        FilteredOption.text,
+        FilteredOption.similarity,
+        FilteredOption.measure,
+        FilteredOption.collided_with_index,
+        FilteredOption.simulation,
+    ]
+    statement = select(*columns).where(FilteredOption.tree_id == tree_id).order_by(FilteredOption.id)
+    return _frame(_rows(url, statement), [c.name for c in columns])
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def tree_backups(url: str, tree_id: int, stamp: tuple[Any, ...]) -> list[tuple[int, list[int], float]]:
+    """``(simulation, path, value)`` of each backpropagate event, in order."""
+    statement = (
+        select(SearchEvent.simulation, SearchEvent.data)
+        .where(SearchEvent.tree_id == tree_id, SearchEvent.phase == "backpropagate")
+        .order_by(SearchEvent.seq)
+    )
+    backups = []
+    for row in _rows(url, statement):
+        data = row["data"] if isinstance(row["data"], dict) else {}
+        path, value = data.get("path"), data.get("value")
+        if isinstance(path, list) and isinstance(value, int | float):
+            backups.append((int(row["simulation"]), [int(i) for i in path], float(value)))
+    return backups
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def critic_nodes(url: str, run_ids: tuple[int, ...]) -> pd.DataFrame:
+    """Every node of the given runs' trees, with the problem's gold answer and a
+    verified outcome where one can be worked out (see ``verified_outcome``)."""
+    columns = [
+        Node.tree_id,
+        Tree.run_id,
+        Node.index,
+        Node.depth,
+        Node.option_text,
+        Node.visits,
+        Node.q,
+        Node.value_score,
+        Node.prm_score,
+        Node.orm_score,
+        Node.tool_score,
+        Node.combined_score,
+        Node.terminal,
+        Node.answer,
+        Node.rollouts,
+        Problem.answer.label("gold"),
+    ]
+    statement = (
+        select(*columns)
+        .join(Tree, Tree.id == Node.tree_id)
+        .join(Problem, Problem.id == Tree.problem_id)
+        .where(Tree.run_id.in_(run_ids), Node.parent_index >= 0)
+    )
+    frame = _frame(_rows(url, statement), [c.name for c in statement.selected_columns])
+    frame["outcome"] = [
+        verified_outcome(row.terminal, row.answer, row.rollouts, row.gold)
+        for row in frame.itertuples(index=False)
+    ]
+    return frame.drop(columns=["rollouts"])
+
+
+def verified_outcome(terminal: bool, answer: str | None, rollouts: Any, gold: str | None) -> float | None:
+    """1.0/0.0 whether a node led to the gold answer, or None if unknown: a terminal
+    node's own answer; otherwise the majority of its rollouts' answers."""
+    if not present(gold):
+        return None
+    gold = str(gold)
+    if terminal and present(answer):
+        return float(answers_match(str(answer), gold))
+    answers = [r.get("answer") for r in rollouts or [] if isinstance(r, dict) and r.get("answer") is not None]
+    if not answers:
+        return None
+    hits = sum(answers_match(str(a), gold) for a in answers)
+    return 1.0 if hits * 2 >= len(answers) else 0.0
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def iterations(url: str) -> pd.DataFrame:
+    columns = [
+        Iteration.id,
+        Iteration.parent_id,
+        Iteration.name,
+        Iteration.model,
+        Iteration.checkpoint_path,
+        Iteration.status,
+        Iteration.stage,
+        Iteration.metrics,
+        Iteration.created_at,
+        Iteration.updated_at,
+    ]
+    statement = select(*columns).order_by(Iteration.id)
+    return _frame(_rows(url, statement), [c.name for c in columns])
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def example_counts(url: str) -> pd.DataFrame:
+    statement = select(
+        TrainingExample.kind, TrainingExample.iteration_id, func.count(TrainingExample.id).label("examples")
+    ).group_by(TrainingExample.kind, TrainingExample.iteration_id)
+    return _frame(_rows(url, statement), ["kind", "iteration_id", "examples"])
+
+
+def _examples_statement(kinds: Sequence[str], iteration_ids: Sequence[int | None]) -> Any:
+    statement = select(TrainingExample).order_by(TrainingExample.id)
+    if kinds:
+        statement = statement.where(TrainingExample.kind.in_(kinds))
+    if iteration_ids:
+        known = [i for i in iteration_ids if i is not None]
+        condition = TrainingExample.iteration_id.in_(known)
+        if None in iteration_ids:
+            condition = condition | TrainingExample.iteration_id.is_(None)
+        statement = statement.where(condition)
+    return statement
+
+
+def iter_examples(
+    url: str, kinds: Sequence[str], iteration_ids: Sequence[int | None]
+) -> Iterator[dict[str, Any]]:
+    with Session(engine(url)) as session:
+        for example in session.scalars(_examples_statement(kinds, iteration_ids)):
+            yield {
+                "id": example.id,
+                "kind": example.kind,
+                "iteration_id": example.iteration_id,
+                "source_tree_id": example.source_tree_id,
+                "source_nodes": example.source_nodes,
+                "payload": example.payload,
+            }
+
+
+@st.cache_data(ttl=5, show_spinner=False, max_entries=8)
+def examples_jsonl(url: str, kinds: tuple[str, ...], iteration_ids: tuple[int | None, ...]) -> str:
+    """The chosen examples, one JSON object a line (what ``canopy export`` writes)."""
+    return "".join(
+        json.dumps(row, ensure_ascii=False) + "\n" for row in iter_examples(url, kinds, iteration_ids)
+    )
+
+
+def run_progress(url: str, run_id: int) -> tuple[dict[str, Any] | None, pd.DataFrame]:
+    """The run and its trees, read fresh (uncached) for the live view."""
+    run_rows = _rows(
+        url,
+        select(
+            Run.id, Run.status, Run.model, Run.task, Run.error, Run.heartbeat_at, Run.created_at, Run.seconds
+        ).where(Run.id == run_id),
+    )
+    columns = [
+        Tree.id,
+        Tree.status,
+        Tree.simulations_done,
+        Tree.simulations_target,
+        Tree.node_count,
+        Tree.filtered_count,
+        Tree.answer,
+        Tree.chosen_path,
+        Tree.correct,
+        Problem.question,
+        Problem.answer.label("gold"),
+    ]
+    statement = (
+        select(*columns)
+        .join(Problem, Problem.id == Tree.problem_id)
+        .where(Tree.run_id == run_id)
+        .order_by(Tree.id)
+    )
+    tree_rows = _frame(_rows(url, statement), [c.name for c in statement.selected_columns])
+    if not run_rows:
+        return None, tree_rows
+    run = run_rows[0]
+    run["state"] = run_state(run["status"], run["heartbeat_at"])
+    return run, tree_rows

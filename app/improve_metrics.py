@@ -1,0 +1,49 @@
+"""Turning iteration rows into chartable metric tables. The improve loop writes
+``Iteration.metrics`` as free-form JSON; numbers are grouped by what their key says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+GROUPS = {
+    "accuracy": ("Accuracy on held-out problems", ("acc",)),
+    "data": ("Training data sizes", ("example", "pairs", "size", "count", "prompts", "samples")),
+    "loss": ("Training losses", ("loss",)),
+}
+
+
+def flatten(metrics: Any, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested dicts, keyed "a.b"."""
+    flat: dict[str, float] = {}
+    if isinstance(metrics, dict):
+        for key, value in metrics.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+    elif isinstance(metrics, int | float) and not isinstance(metrics, bool):
+        flat[prefix.rstrip(".")] = float(metrics)
+    return flat
+
+
+def metric_table(iterations: pd.DataFrame) -> pd.DataFrame:
+    """One row per iteration, one column per numeric metric."""
+    rows = [
+        {"iteration": f"{row.id}: {row.name}" if row.name else str(row.id), **flatten(row.metrics)}
+        for row in iterations.itertuples(index=False)
+    ]
+    return pd.DataFrame(rows).set_index("iteration") if rows else pd.DataFrame()
+
+
+def grouped(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """{chart title: the columns of ``table`` that belong to it}; leftovers under "Other metrics"."""
+    charts: dict[str, pd.DataFrame] = {}
+    used: set[str] = set()
+    for title, words in GROUPS.values():
+        columns = [c for c in table.columns if c not in used and any(w in c.lower() for w in words)]
+        if columns:
+            charts[title] = table[columns]
+            used.update(columns)
+    rest = [c for c in table.columns if c not in used]
+    if rest:
+        charts["Other metrics"] = table[rest]
+    return charts

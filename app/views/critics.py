@@ -1,0 +1,236 @@
+"""Critics: where the value function, PRM, ORM and tool disagree, and how well each
+one's scores match verified outcomes."""
+
+import html
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import data
+from app.components import CRITIC_HELP, open_in_trees, require_store
+from app.critic_stats import classification, disagreements, reliability
+from app.layout import WEBGL_ABOVE, custom_values
+
+OUTCOMES = {
+    1.0: ("led to the gold answer", "#2e7d4f"),
+    0.0: ("led to a wrong answer", "#d1495b"),
+    None: ("no verified outcome", "#9e9e9e"),
+}
+RECENT_RUNS = 20
+
+url = data.db_url()
+st.title("Critics")
+st.caption(
+    "The search scores every new step with several critics. Where they disagree, at least one of them is "
+    "wrong — these are the nodes worth reading, and the examples worth training the critics on."
+)
+with st.expander("What are the critics?"):
+    st.markdown(CRITIC_HELP)
+require_store(url)
+runs = data.runs(url)
+if runs.empty:
+    st.info("No runs yet — start a search on the **Search** page or click **Run a demo search** on **Home**.")
+    st.stop()
+
+run_ids = st.multiselect(
+    "Runs to include",
+    runs["id"].tolist(),
+    default=runs["id"].tolist()[:RECENT_RUNS],
+    format_func=lambda i: data.run_label(runs[runs["id"] == i].iloc[0]),
+    key="critics.runs",
+    help=f"The {RECENT_RUNS} newest runs are included at first.",
+)
+nodes = data.critic_nodes(url, tuple(sorted(run_ids))) if run_ids else None
+if nodes is None or nodes.empty:
+    st.info("No scored nodes in these runs yet — pick other runs, or run a search first.")
+    st.stop()
+
+available = [name for name, column in data.SCORE_COLUMNS.items() if nodes[column].notna().any()]
+st.caption(
+    f"{len(nodes)} nodes from {nodes['tree_id'].nunique()} trees. Critics with scores: "
+    + ", ".join(data.CRITIC_NAMES[name] for name in available)
+)
+
+
+def open_from(key: str, table) -> None:  # noqa: ANN001 (a DataFrame or the chart's points)
+    state = st.session_state[key]
+    if key.endswith("table") and state.selection.rows:
+        row = table.iloc[state.selection.rows[0]]
+        st.session_state["critics.open"] = (int(row["tree_id"]), int(row["index"]))
+    elif key.endswith("scatter"):
+        points = state.get("selection", {}).get("points", [])
+        values = custom_values(points[0].get("customdata")) if points else []
+        if len(values) >= 2:
+            st.session_state["critics.open"] = (int(values[0]), int(values[1]))
+
+
+def disagreement_tab() -> None:
+    if len(available) < 2:
+        st.info(
+            "Disagreement needs two critics with scores; these runs have only " + ", ".join(available) + "."
+        )
+        return
+    left, right, _ = st.columns([1, 1, 2])
+    x = left.selectbox(
+        "Critic on the x axis", available, index=0, key="critics.x", format_func=data.CRITIC_NAMES.get
+    )
+    rest = [name for name in available if name != x]
+    y = right.selectbox(
+        "Critic on the y axis", rest, index=0, key="critics.y", format_func=data.CRITIC_NAMES.get
+    )
+    x_col, y_col = data.SCORE_COLUMNS[x], data.SCORE_COLUMNS[y]
+    both = nodes.dropna(subset=[x_col, y_col])
+    scatter = go.Scattergl if len(both) > WEBGL_ABOVE else go.Scatter
+    figure = go.Figure()
+    for outcome, (name, color) in OUTCOMES.items():
+        part = both[both["outcome"].isna()] if outcome is None else both[both["outcome"] == outcome]
+        if part.empty:
+            continue
+        figure.add_trace(
+            scatter(
+                x=part[x_col],
+                y=part[y_col],
+                mode="markers",
+                name=name,
+                marker={"color": color, "size": 8, "opacity": 0.75},
+                customdata=part[["tree_id", "index"]].to_numpy(),
+                hovertext=[
+                    f"tree {t} · node {i}<br>{html.escape(' '.join(str(s).split())[:120])}"
+                    for t, i, s in zip(part["tree_id"], part["index"], part["option_text"], strict=True)
+                ],
+                hoverinfo="text",
+            )
+        )
+    figure.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line={"dash": "dot", "color": "#888"},
+            name="agreement",
+            hoverinfo="skip",
+        )
+    )
+    figure.update_layout(
+        height=480,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        xaxis={"title": {"text": data.CRITIC_NAMES[x]}, "range": [-0.02, 1.02]},
+        yaxis={"title": {"text": data.CRITIC_NAMES[y]}, "range": [-0.02, 1.02]},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"},
+    )
+    st.plotly_chart(
+        figure,
+        key="critics.scatter",
+        on_select=lambda: open_from("critics.scatter", None),
+        selection_mode="points",
+    )
+    st.caption(
+        "Points far from the dotted diagonal are nodes the two critics disagree on. Click one to open it."
+    )
+    ranked = disagreements(nodes, x_col, y_col)
+    st.subheader("Largest disagreements")
+    st.caption("Click a row to open the node in its tree.")
+    table = ranked.assign(
+        outcome=ranked["outcome"].map(lambda o: OUTCOMES.get(None if o != o else o, OUTCOMES[None])[0])
+    )[["tree_id", "index", "depth", x_col, y_col, "gap", "outcome", "option_text"]]
+    number = st.column_config.NumberColumn(format="%.3f", width="small")
+    st.dataframe(
+        table,
+        key="critics.table",
+        on_select=lambda: open_from("critics.table", table),
+        selection_mode="single-row",
+        hide_index=True,
+        column_config={
+            "tree_id": st.column_config.NumberColumn("tree", width="small"),
+            "index": st.column_config.NumberColumn("node", width="small"),
+            x_col: st.column_config.NumberColumn(data.CRITIC_NAMES[x], format="%.3f", width="small"),
+            y_col: st.column_config.NumberColumn(data.CRITIC_NAMES[y], format="%.3f", width="small"),
+            "gap": number,
+            "option_text": st.column_config.TextColumn("option text", width="large"),
+        },
+    )
+
+
+def calibration_tab() -> None:
+    st.caption(
+        "A node's **verified outcome** is whether it led to the gold answer: a finished node's own answer, "
+        "otherwise the majority answer of its rollouts. Only problems with a gold answer count. A calibrated "
+        "critic's curve follows the diagonal: of the nodes it scores 0.8, about 80% turn out right."
+    )
+    labelled = nodes.dropna(subset=["outcome"])
+    if labelled.empty:
+        st.info(
+            "No verified outcomes yet: calibration needs trees on problems with a gold answer whose nodes "
+            "reached an answer (finished steps or rollouts)."
+        )
+        return
+    threshold = st.slider(
+        "Count a score as “predicts correct” from", 0.0, 1.0, 0.5, 0.05, key="critics.threshold"
+    )
+    figure = go.Figure(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line={"dash": "dot", "color": "#888"},
+            name="perfectly calibrated",
+            hoverinfo="skip",
+        )
+    )
+    rows = []
+    for name in available:
+        column = data.SCORE_COLUMNS[name]
+        bins = reliability(labelled[column], labelled["outcome"])
+        if bins.empty:
+            continue
+        figure.add_trace(
+            go.Scatter(
+                x=bins["predicted"],
+                y=bins["observed"],
+                mode="lines+markers",
+                name=data.CRITIC_NAMES[name],
+                text=[f"{c} nodes" for c in bins["count"]],
+                hovertemplate="score %{x:.2f} → %{y:.0%} right (%{text})",
+            )
+        )
+        rows.append(
+            {
+                "critic": data.CRITIC_NAMES[name],
+                **classification(labelled[column], labelled["outcome"], threshold),
+            }
+        )
+    figure.update_layout(
+        height=440,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        xaxis={"title": {"text": "critic score (bin average)"}, "range": [0, 1]},
+        yaxis={"title": {"text": "share of nodes verified correct"}, "range": [0, 1]},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"},
+    )
+    left, right = st.columns([3, 2])
+    left.plotly_chart(figure, key="critics.reliability")
+    number = st.column_config.NumberColumn(format="%.2f")
+    right.dataframe(
+        rows,
+        hide_index=True,
+        column_config={
+            "precision": number,
+            "recall": number,
+            "accuracy": number,
+            "brier": st.column_config.NumberColumn(
+                "Brier", format="%.3f", help="Mean squared error; lower is better."
+            ),
+            "ece": st.column_config.NumberColumn(
+                "ECE", format="%.3f", help="Expected calibration error; lower is better."
+            ),
+        },
+    )
+    right.caption(f"{len(labelled)} nodes with a verified outcome; threshold {threshold:.2f}.")
+
+
+tab_disagree, tab_calibration = st.tabs(["Where critics disagree", "Calibration against verified outcomes"])
+with tab_disagree:
+    disagreement_tab()
+with tab_calibration:
+    calibration_tab()
+if (target := st.session_state.pop("critics.open", None)) is not None:
+    open_in_trees(*target)

@@ -1,0 +1,74 @@
+"""Data: the training examples mined from trees, by kind, exported as JSONL."""
+
+import streamlit as st
+
+from app import data
+from app.components import require_store
+
+KINDS = {
+    "sft": "prompt → best trajectory found by the search (supervised fine-tuning)",
+    "dpo": "prompt → a preferred and a rejected sibling step (preference training)",
+    "value": "partial solution → its backed-up return (value function)",
+    "prm": "step → whether it was correct (process reward model)",
+    "orm": "finished solution → whether the answer was right (outcome reward model)",
+}
+
+url = data.db_url()
+st.title("Data")
+st.caption("Training examples mined from the stored trees by the improve loop, ready to export.")
+require_store(url)
+counts = data.example_counts(url)
+if counts.empty:
+    st.info(
+        "No training examples yet. They are mined from search trees by `canopy improve` "
+        "(see the Improve page)."
+    )
+    st.stop()
+
+by_kind = counts.groupby("kind")["examples"].sum()
+columns = st.columns(len(by_kind))
+for column, (kind, total) in zip(columns, by_kind.items(), strict=True):
+    column.metric(kind.upper(), int(total), help=KINDS.get(kind, ""))
+with st.expander("What each kind is"):
+    for kind, meaning in KINDS.items():
+        st.markdown(f"- **{kind}**: {meaning}")
+iterations = data.iterations(url)
+names = dict(zip(iterations["id"], iterations["name"], strict=True))
+pivot = counts.assign(
+    iteration=[
+        f"{int(i)}: {names.get(int(i), '')}" if data.present(i) else "none" for i in counts["iteration_id"]
+    ]
+).pivot_table(index="iteration", columns="kind", values="examples", aggfunc="sum", fill_value=0)
+st.bar_chart(pivot, height=260, x_label="self-improvement iteration", y_label="examples")
+
+st.subheader("Export")
+left, right = st.columns(2)
+kinds = left.multiselect("Kinds", sorted(by_kind.index), key="data.kinds", help="Leave empty for all kinds.")
+iteration_ids = sorted(
+    {int(i) if data.present(i) else None for i in counts["iteration_id"]},
+    key=lambda i: (i is None, i or 0),
+)
+chosen = right.multiselect(
+    "Iterations",
+    iteration_ids,
+    key="data.iterations",
+    help="Leave empty for all.",
+    format_func=lambda i: "no iteration" if i is None else f"{i}: {names.get(i, '')}",
+)
+jsonl = data.examples_jsonl(url, tuple(kinds), tuple(chosen))
+lines = jsonl.count("\n")
+st.download_button(
+    f"Download {lines} examples as JSONL",
+    jsonl,
+    file_name="canopy-examples.jsonl",
+    mime="application/jsonl",
+    icon=":material/download:",
+    disabled=lines == 0,
+)
+st.caption(
+    "One JSON object a line: `id`, `kind`, `iteration_id`, `source_tree_id`, `source_nodes`, `payload`. "
+    "The command line does the same with `canopy export`."
+)
+with st.expander("Preview the first examples"):
+    for line in jsonl.splitlines()[:5]:
+        st.json(line, expanded=False)

@@ -1,0 +1,108 @@
+"""Improve: launch a self-improvement iteration, follow it, and see the history."""
+
+import shlex
+
+import streamlit as st
+
+from app import data
+from app.components import require_store, untrusted
+from app.engine_info import DEFAULT_MODEL, improve_unavailable_reason, policy_models
+from app.improve_metrics import grouped, metric_table
+from app.jobs import start_job
+
+JOB_KEY = "improve.job"
+
+url = data.db_url()
+st.title("Improve")
+st.caption(
+    "One self-improvement iteration searches many training problems, keeps the best trajectories, fine-tunes "
+    "the model on them (and the critics on labels mined from the trees), then measures greedy and MCTS "
+    "accuracy on held-out problems. Each iteration's checkpoint is the starting point of the next."
+)
+
+with st.expander("Launch an iteration", expanded=False, icon=":material/rocket_launch:"):
+    if reason := improve_unavailable_reason():
+        st.info(reason)
+    names = [m.name for m in policy_models()]
+    columns = st.columns(3)
+    model = columns[0].selectbox(
+        "Start from model",
+        names,
+        index=names.index(DEFAULT_MODEL) if DEFAULT_MODEL in names else 0,
+        key="improve.model",
+    )
+    task = columns[1].selectbox("Task", ["arithmetic", "gsm8k"], key="improve.task")
+    extra = columns[2].text_input(
+        "More `canopy improve` options",
+        key="improve.extra",
+        help="Passed to the command as typed, e.g. `--train-problems 64`.",
+    )
+    job = st.session_state.get(JOB_KEY)
+    busy = job is not None and job.alive
+    if st.button("Start iteration", type="primary", disabled=reason is not None or busy):
+        try:
+            extra_arguments = shlex.split(extra)
+        except ValueError as exc:
+            st.error(f"Cannot read the extra options: {exc}")
+        else:
+            arguments = ["improve", "--model", model, "--task", task, "--db", url, *extra_arguments]
+            st.session_state[JOB_KEY] = start_job("improve", arguments, db_url=url)
+            st.rerun()
+    if job is not None:
+        st.caption(f"Your improve job: {'running' if busy else f'exited with code {job.returncode}'}")
+        if busy and st.button("Stop iteration"):
+            job.stop()
+        untrusted(job.output_tail(), empty="(no output yet)")
+
+require_store(url)
+
+
+@st.fragment(run_every=2)
+def progress() -> None:
+    iterations = data.iterations(url)
+    active = iterations[iterations["status"] == "running"]
+    if active.empty:
+        return
+    st.subheader("In progress")
+    for row in active.itertuples(index=False):
+        updated = data.as_utc(row.updated_at)
+        st.markdown(f"**Iteration {row.id}** · stage: `{row.stage or 'starting'}`")
+        if updated:
+            st.caption(f"last update {updated:%Y-%m-%d %H:%M:%S} UTC")
+
+
+progress()
+iterations = data.iterations(url)
+st.subheader("Iteration history")
+if iterations.empty:
+    st.info(
+        "No iterations yet. Once `canopy improve` has run, each iteration's accuracy, data sizes and losses "
+        "appear here."
+    )
+    st.stop()
+
+names = dict(zip(iterations["id"], iterations["name"], strict=True))
+st.dataframe(
+    iterations.assign(
+        parent=[names.get(p, "") if data.present(p) else "" for p in iterations["parent_id"]],
+        created=[data.as_utc(c).strftime("%Y-%m-%d %H:%M") for c in iterations["created_at"]],
+    )[["id", "name", "parent", "model", "status", "stage", "checkpoint_path", "created"]],
+    hide_index=True,
+)
+table = metric_table(iterations)
+if table.empty or table.columns.empty:
+    st.info("The iterations have no numeric metrics yet.")
+else:
+    charts = grouped(table)
+    columns = st.columns(min(3, len(charts)))
+    for position, (title, frame) in enumerate(charts.items()):
+        with columns[position % len(columns)]:
+            st.markdown(f"**{title}**")
+            st.line_chart(frame, height=260)
+    with st.expander("All metrics as a table"):
+        st.dataframe(table)
+st.page_link(
+    "views/trees.py",
+    label="Compare two iterations' trees on the same problem (Trees → Compare)",
+    icon=":material/compare:",
+)

@@ -1,0 +1,363 @@
+"""Every page of the app under ``streamlit.testing.v1.AppTest`` on a seeded store,
+plus the bad-input cases: missing, empty and older-schema databases, a failed run,
+a one-node tree, long/Unicode/Markdown/HTML model text."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+from streamlit.testing.v1 import AppTest
+
+from app.jobs import Job
+from store.db import make_engine
+from store.schema import Node, Problem, Run, Tree
+from tests.app_fixtures import (
+    LONG_OPTION,
+    MARKDOWN_OPTION,
+    SCRIPT_OPTION,
+    SeedInfo,
+    grow_tree,
+    make_old_schema_db,
+    seed_database,
+    utcnow,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN = str(ROOT / "app" / "main.py")
+PAGES = [
+    "views/home.py",
+    "views/search.py",
+    "views/trees.py",
+    "views/critics.py",
+    "views/improve.py",
+    "views/data.py",
+]
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> SeedInfo:
+    return seed_database(tmp_path_factory.mktemp("store") / "seeded.db")
+
+
+@pytest.fixture
+def use_db(monkeypatch: pytest.MonkeyPatch):
+    def use(url: str) -> None:
+        monkeypatch.setenv("CANOPY_DB", url)
+
+    return use
+
+
+def open_page(page: str, *, state: dict | None = None) -> AppTest:
+    app = AppTest.from_file(MAIN, default_timeout=60)
+    for key, value in (state or {}).items():
+        app.session_state[key] = value
+    app.run()
+    if page != "views/home.py":
+        app.switch_page(page)
+        app.run()
+    return app
+
+
+def texts(app: AppTest, kind: str) -> list[str]:
+    return [str(element.value) for element in getattr(app, kind)]
+
+
+def assert_clean(app: AppTest) -> None:
+    assert not app.exception, [e.value for e in app.exception]
+    assert not any("problem it could not handle" in t for t in texts(app, "error")), texts(app, "code")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_on_seeded_store(seeded: SeedInfo, use_db, page: str) -> None:
+    use_db(seeded.url)
+    app = open_page(page)
+    assert_clean(app)
+    assert app.title, "each page has a title"
+
+
+def test_home_shows_runs_and_demo_button(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    app = open_page("views/home.py")
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Runs"] == "4"
+    assert metrics["Trees"] == "5"
+    assert any(b.label == "Run a demo search" for b in app.button)
+    runs = app.dataframe[0].value
+    states = set(runs["shown_state"])
+    assert "⚠ stopped (no heartbeat)" in states and "✗ failed" in states
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_missing_database_gives_a_message(tmp_path: Path, use_db, page: str) -> None:
+    use_db(f"sqlite:///{tmp_path / 'nothing.db'}")
+    app = open_page(page)
+    assert_clean(app)
+    shown = " ".join(texts(app, "error") + texts(app, "info") + texts(app, "warning"))
+    if page in ("views/search.py", "views/improve.py"):
+        return  # these pages still offer to start work, which creates the database
+    assert "no database at" in shown
+
+
+@pytest.mark.parametrize("kind", ["empty", "old"])
+def test_unusable_database_gives_the_store_message(tmp_path: Path, use_db, kind: str) -> None:
+    path = tmp_path / f"{kind}.db"
+    if kind == "empty":
+        path.touch()
+        expected = "the database is empty"
+    else:
+        make_old_schema_db(path)
+        expected = "older Canopy"
+    use_db(f"sqlite:///{path}")
+    for page in ("views/home.py", "views/trees.py", "views/critics.py", "views/data.py"):
+        app = open_page(page)
+        assert_clean(app)
+        assert any(expected in t for t in texts(app, "error") + texts(app, "info")), page
+
+
+def node_with_text(url: str, tree_id: int, text: str) -> int:
+    with Session(make_engine(url, create=False)) as session:
+        return session.exec(
+            select(Node.index).where(Node.tree_id == tree_id, Node.option_text == text)
+        ).first()
+
+
+def test_trees_node_detail_shows_everything(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    tree_id = seeded.tree_ids["a1"]
+    index = node_with_text(seeded.url, tree_id, LONG_OPTION)
+    assert index is not None
+    app = open_page("views/trees.py", state={"focus": {"tree_id": tree_id, "node": index}})
+    assert_clean(app)
+    codes = texts(app, "code")
+    assert LONG_OPTION in codes, "the 200-character option is shown whole"
+    assert any(c.startswith("Q: A farmer has 12 apples") and LONG_OPTION.rstrip() in c for c in codes), (
+        "whole path"
+    )
+    labels = {m.label for m in app.metric}
+    assert {"Visits", "Q", "Prior", "Value", "PRM", "ORM", "Tool", "Combined"} <= labels
+    frames = [d.value for d in app.dataframe]
+    assert any("completion" in f.columns for f in frames), "rollouts table"
+
+
+def test_filtered_siblings_listed_with_similarity(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    tree_id = seeded.tree_ids["a1"]
+    with Session(make_engine(seeded.url, create=False)) as session:
+        from store.schema import FilteredOption
+
+        option = session.exec(select(FilteredOption).where(FilteredOption.tree_id == tree_id)).first()
+    app = open_page("views/trees.py", state={"focus": {"tree_id": tree_id, "node": option.parent_index}})
+    assert_clean(app)
+    tables = [d.value for d in app.dataframe if "filtered text" in d.value.columns]
+    assert tables, "filtered siblings table"
+    table = tables[0]
+    assert option.text in set(table["filtered text"])
+    assert option.collided_with_index in set(table["collided with node"])
+
+
+def test_model_text_is_never_markdown(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    tree_id = seeded.tree_ids["stale"]
+    for text in (SCRIPT_OPTION, MARKDOWN_OPTION):
+        index = node_with_text(seeded.url, tree_id, text)
+        if index is None:
+            continue
+        app = open_page("views/trees.py", state={"focus": {"tree_id": tree_id, "node": index}})
+        assert_clean(app)
+        assert text in texts(app, "code")
+        rendered = texts(app, "markdown") + texts(app, "caption") + texts(app, "error") + texts(app, "info")
+        assert not any(text in r for r in rendered)
+        assert not any("<script>" in r for r in rendered)
+
+
+def test_one_node_tree_and_failed_run(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    app = open_page("views/trees.py", state={"focus": {"tree_id": seeded.tree_ids["failed"], "node": 0}})
+    assert_clean(app)
+    assert any("only its root" in t for t in texts(app, "info"))
+    assert any("This run failed" in t for t in texts(app, "error"))
+    assert any("policy crashed at simulation 3" in c for c in texts(app, "code"))
+
+
+def test_trees_filters_and_compare(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    app = open_page("views/trees.py")
+    app.multiselect(key="trees.f.result").set_value(["wrong"]).run()
+    assert_clean(app)
+    options = app.selectbox(key="trees.tree").options
+    assert options and all("wrong" in o for o in options)
+    problem = app.selectbox(key="trees.cmp.problem")
+    assert problem.options[0].startswith("2 tree(s)") or "wrong" in options[0]
+
+
+def test_critics_page_disagreement_and_calibration(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    app = open_page("views/critics.py")
+    assert_clean(app)
+    table = next(d.value for d in app.dataframe if "gap" in d.value.columns)
+    assert list(table["gap"]) == sorted(table["gap"], reverse=True)
+    calibration = next(d.value for d in app.dataframe if "critic" in d.value.columns)
+    assert {"precision", "recall", "brier"} <= set(calibration.columns)
+    app.selectbox(key="critics.x").set_value("orm").run()
+    assert_clean(app)
+
+
+def test_critics_row_opens_node_in_trees(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    app = open_page("views/critics.py", state={"critics.open": (seeded.tree_ids["b1"], 3)})
+    assert_clean(app)
+    assert app.title[0].value == "Trees"
+    assert app.session_state["selected_nodes"][seeded.tree_ids["b1"]] == 3
+
+
+def test_search_form_is_built_from_search_config(seeded: SeedInfo, use_db) -> None:
+    from engine.config import SearchConfig
+
+    use_db(seeded.url)
+    app = open_page("views/search.py")
+    assert_clean(app)
+    for spec in fields(SearchConfig):
+        assert f"search.cfg.{spec.name}" in app.session_state, spec.name
+    simulations = app.number_input(key="search.cfg.simulations")
+    assert simulations.help == SearchConfig.__dataclass_fields__["simulations"].metadata["help"]
+
+
+def test_search_start_runs_the_cli(seeded: SeedInfo, use_db, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_db(seeded.url)
+    started: list[list[str]] = []
+
+    def fake_start(kind: str, arguments: list[str], *, db_url: str) -> Job:
+        started.append(arguments)
+        process = subprocess.Popen([sys.executable, "-c", "pass"])
+        process.wait()
+        return Job(kind=kind, command=arguments, process=process, log_path=Path(os.devnull))
+
+    monkeypatch.setattr("app.jobs.start_job", fake_start)
+    app = open_page("views/search.py")
+    app.number_input(key="search.cfg.simulations").set_value(6)
+    app.number_input(key="search.cfg.c").set_value(1.5)
+    app.selectbox(key="search.model").set_value("smollm2-135m")
+    app.run()
+    start = next(b for b in app.button if b.label == "Start search")
+    if start.disabled:
+        pytest.skip("the search engine is not installed in this checkout")
+    start.click().run()
+    assert_clean(app)
+    assert started, "the CLI was started"
+    arguments = started[0]
+    assert arguments[:2] == ["search", "--model"] and "smollm2-135m" in arguments
+    assert arguments[arguments.index("--simulations") + 1] == "6"
+    assert arguments[arguments.index("--c") + 1] == "1.5"
+    assert "--similarity-threshold" not in arguments, "defaults are left to the CLI"
+
+
+def test_bad_setting_disables_start(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    app = open_page("views/search.py")
+    app.number_input(key="search.cfg.root_min_children").set_value(9).run()
+    assert_clean(app)
+    assert any("root_max_children" in w for w in texts(app, "warning"))
+    assert next(b for b in app.button if b.label == "Start search").disabled
+
+
+def test_live_view_follows_a_growing_tree(tmp_path: Path, use_db) -> None:
+    """A fake writer grows a tree while the Search page polls it."""
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    engine = make_engine(url)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with Session(engine) as session:
+            problem = Problem(task="arithmetic", index=0, question="What is 2 + 3?", answer="5")
+            session.add(problem)
+            session.commit()
+            run = Run(
+                model="fake", task="arithmetic", pid=sleeper.pid, created_at=utcnow(), heartbeat_at=utcnow()
+            )
+            session.add(run)
+            session.commit()
+            tree = Tree(
+                run_id=run.id,
+                problem_id=problem.id,
+                simulations_target=20,
+                created_at=utcnow(),
+                updated_at=utcnow(),
+            )
+            session.add(tree)
+            session.commit()
+            tree_id = tree.id
+        writer = threading.Thread(
+            target=grow_tree, args=(engine, tree_id), kwargs={"seed": 7, "simulations": 20, "delay_s": 0.1}
+        )
+        job = Job(kind="search", command=["canopy", "search"], process=sleeper, log_path=Path(os.devnull))
+        use_db(url)
+        app = open_page("views/search.py", state={"search.job": job})
+        writer.start()
+        counts = []
+        for _ in range(6):
+            time.sleep(0.4)
+            app.run()
+            assert_clean(app)
+            metric = {m.label: m.value for m in app.metric}.get("Nodes in tree")
+            if metric is not None:
+                counts.append(int(metric))
+        writer.join()
+        assert len(counts) >= 2 and counts[-1] > counts[0], counts
+        assert any(b.label == "Stop search" for b in app.button)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_improve_page_history_and_availability(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    app = open_page("views/improve.py")
+    assert_clean(app)
+    shown = " ".join(texts(app, "info") + texts(app, "markdown"))
+    if not (ROOT / "training" / "improve.py").exists():
+        assert "`canopy improve` is not available yet" in shown
+    assert "Accuracy on held-out problems" in shown
+    assert "Iteration 2" in shown, "the running iteration's progress"
+
+
+def test_data_page_counts_and_export(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    app = open_page("views/data.py")
+    assert_clean(app)
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics == {"DPO": "1", "ORM": "1", "PRM": "1", "SFT": "2", "VALUE": "2"}
+    app.multiselect(key="data.kinds").set_value(["sft"]).run()
+    assert_clean(app)
+
+
+def test_app_never_imports_torch(seeded: SeedInfo) -> None:
+    script = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from streamlit.testing.v1 import AppTest
+for page in {PAGES!r}:
+    app = AppTest.from_file({MAIN!r}, default_timeout=60)
+    app.run()
+    app.switch_page(page)
+    app.run()
+    assert not app.exception, page
+heavy = [m for m in ("torch", "transformers", "sentence_transformers", "vllm") if m in sys.modules]
+assert not heavy, heavy
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CANOPY_DB": seeded.url},
+        cwd=ROOT,
+    )
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
