@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from store.schema import SCHEMA_VERSION, SchemaInfo
@@ -61,7 +61,9 @@ def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
     except ArgumentError as exc:
         raise StoreError(f"not a database URL: {url!r} ({exc})") from None
     is_sqlite = parsed.get_backend_name() == "sqlite"
-    if is_sqlite and parsed.database and parsed.database != ":memory:":
+    # SQLite URI filenames ("file:...?mode=ro&uri=true") are left to SQLite itself.
+    plain_file = parsed.database and parsed.database != ":memory:" and not parsed.query.get("uri")
+    if is_sqlite and plain_file:
         path = Path(parsed.database)
         if not path.exists():
             if not create:
@@ -79,13 +81,28 @@ def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
         event.listen(engine, "connect", _set_sqlite_pragmas)
     try:
         if create:
+            if inspect(engine).get_table_names():
+                check_schema(engine)
             SQLModel.metadata.create_all(engine)
             _stamp_schema(engine)
+            _check_writable(engine)
         check_schema(engine)
-    except OperationalError as exc:
+    except (OperationalError, DatabaseError) as exc:
         engine.dispose()
         raise StoreError(f"cannot use database {url}: {exc.orig}") from None
+    except StoreError:
+        engine.dispose()
+        raise
     return engine
+
+
+def _check_writable(engine: Engine) -> None:
+    """Take and release a write lock, so a read-only database fails now, not mid-search."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("CREATE TABLE IF NOT EXISTS _canopy_write_check (x INTEGER)")
+        connection.rollback()
 
 
 def _stamp_schema(engine: Engine) -> None:

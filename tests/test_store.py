@@ -1,0 +1,205 @@
+"""The store on fake searches: round trip, incremental commits, resume, concurrent readers, bad databases."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+
+import pytest
+from sqlmodel import Session, select
+
+from engine.api import Components, RunNotResumable, resume_search, run_to_resume, search_problem
+from engine.config import SearchConfig
+from engine.critics import Critics
+from engine.persist import load_tree
+from engine.types import Problem
+from store import schema
+from store.db import StoreError, make_engine
+from store.queries import list_trees
+from tests.fakes import FakeORM, FakePolicy, FakePRM, exact_similarity
+from tests.test_search import QUESTION, _snapshot
+
+PROBLEM = Problem(question=QUESTION, answer="7", task="custom")
+
+
+def _components() -> Components:
+    policy = FakePolicy()
+    critics = Critics(prm=FakePRM(), orm=FakeORM())
+    return Components(policy, policy, critics, exact_similarity, {"prm": {"active": True}})
+
+
+def _config(simulations: int = 10) -> SearchConfig:
+    return SearchConfig(simulations=simulations, seed=3, similarity="edit", rollouts=1)
+
+
+@pytest.fixture
+def engine(tmp_path):
+    return make_engine(f"sqlite:///{tmp_path / 'canopy.db'}")
+
+
+def test_search_round_trips_through_the_store(engine) -> None:
+    result = search_problem(engine, PROBLEM, model="fake", config=_config(), components=_components())
+    tree, problem = load_tree(engine, result.tree_id)
+    assert problem.answer == "7"
+    fresh = _components()
+    again = search_problem(engine, PROBLEM, model="fake", config=_config(), components=fresh)
+    reloaded_again, _ = load_tree(engine, again.tree_id)
+    assert _snapshot(tree) == _snapshot(reloaded_again)
+    assert result.nodes == len(tree.nodes) and result.filtered == len(tree.filtered)
+    assert result.correct is (result.answer == "7")
+    with Session(engine) as session:
+        tree_row = session.get(schema.Tree, result.tree_id)
+        run = session.get(schema.Run, result.run_id)
+        events = session.exec(select(schema.SearchEvent).where(schema.SearchEvent.tree_id == result.tree_id)).all()
+    assert tree_row.status == "completed" and run.status == "completed"
+    assert tree_row.chosen_path[0] == 0 and tree_row.answers["vote"] == result.answers["vote"]
+    assert {event.phase for event in events} >= {"select", "expand", "filter", "evaluate", "backpropagate"}
+    assert sorted(event.seq for event in events) == list(range(len(events)))
+    backups = [event for event in events if event.phase == "backpropagate"]
+    assert [event.simulation for event in backups] == list(range(10))
+    assert all(event.data["path"][0] == 0 for event in backups)
+
+
+def test_stored_config_says_which_critics_ran(engine) -> None:
+    result = search_problem(engine, PROBLEM, model="fake", config=_config(3), components=_components())
+    with Session(engine) as session:
+        run = session.get(schema.Run, result.run_id)
+    assert run.config["weight_value"] == 0.0, "no value head: its weight must be stored as 0"
+    assert run.config["weight_prm"] == 1.0
+    assert run.config["weight_tool"] == 0.0
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingPolicy(FakePolicy):
+    """Dies on the n-th proposal, like a process killed mid-simulation."""
+
+    def __init__(self, crash_at: int) -> None:
+        super().__init__()
+        self.crash_at = crash_at
+
+    def propose(self, state, **kwargs):
+        if len([call for call in self.calls if call[0] == "propose"]) == self.crash_at:
+            raise _Crash("killed")
+        return super().propose(state, **kwargs)
+
+
+def test_crash_loses_only_the_simulation_in_flight_and_resume_completes(engine) -> None:
+    components = _components()
+    components.policy = components.rollout_policy = _CrashingPolicy(crash_at=2)
+    with pytest.raises(_Crash):
+        search_problem(engine, PROBLEM, model="fake", config=_config(), components=components)
+    with Session(engine) as session:
+        run = session.exec(select(schema.Run)).one()
+        tree_row = session.exec(select(schema.Tree)).one()
+        node_rows = session.exec(select(schema.Node)).all()
+    assert run.status == "failed" and "killed" in run.error
+    assert 0 < tree_row.simulations_done < 10
+    assert len(node_rows) == tree_row.node_count
+    partial, _ = load_tree(engine, tree_row.id)
+    assert partial.root.visits == tree_row.simulations_done
+
+    result = resume_search(engine, run.id, components=_components(), config=_config())
+    assert result.simulations == 10
+    resumed, _ = load_tree(engine, tree_row.id)
+    uninterrupted = search_problem(engine, PROBLEM, model="fake", config=_config(), components=_components())
+    whole, _ = load_tree(engine, uninterrupted.tree_id)
+    assert _snapshot(resumed) == _snapshot(whole)
+    with pytest.raises(RunNotResumable, match="already complete"):
+        run_to_resume(engine, run.id)
+
+
+def test_unknown_run_cannot_be_resumed(engine) -> None:
+    with pytest.raises(RunNotResumable, match="no run with id 99"):
+        run_to_resume(engine, 99)
+
+
+def test_reader_polls_while_a_search_writes(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    writer = make_engine(url)
+    errors: list[Exception] = []
+    counts: list[int] = []
+    done = threading.Event()
+
+    def read() -> None:
+        reader = make_engine(url, create=False)
+        while not done.is_set():
+            try:
+                with Session(reader) as session:
+                    counts.append(len(session.exec(select(schema.Node.id)).all()))
+            except Exception as exc:  # noqa: BLE001 - any error is the failure under test
+                errors.append(exc)
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        search_problem(writer, PROBLEM, model="fake", config=_config(30), components=_components())
+    finally:
+        done.set()
+        thread.join()
+    assert not errors
+    assert len(counts) > 5 and counts == sorted(counts), "the reader sees the tree only grow"
+    with sqlite3.connect(tmp_path / "live.db") as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_list_trees(engine) -> None:
+    result = search_problem(engine, PROBLEM, model="fake", config=_config(3), components=_components())
+    rows = list_trees(engine)
+    assert rows[0]["tree_id"] == result.tree_id and rows[0]["gold"] == "7" and rows[0]["nodes"] == result.nodes
+
+
+def test_missing_database_is_an_error_for_readers(tmp_path) -> None:
+    with pytest.raises(StoreError, match="no database at"):
+        make_engine(str(tmp_path / "absent.db"), create=False)
+
+
+def test_read_only_database_is_refused(tmp_path) -> None:
+    path = tmp_path / "ro.db"
+    make_engine(str(path)).dispose()
+    os.chmod(path, 0o444)
+    if os.access(path, os.W_OK):
+        pytest.skip("running as a user who can write read-only files")
+    with pytest.raises(StoreError, match="read-only"):
+        make_engine(str(path))
+
+
+def test_read_only_folder_is_refused(tmp_path) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    make_engine(str(folder / "c.db")).dispose()
+    os.chmod(folder, 0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as a user who can write read-only folders")
+        with pytest.raises(StoreError, match="read-only"):
+            make_engine(str(folder / "c.db"))
+    finally:
+        os.chmod(folder, 0o755)
+
+
+def test_foreign_database_is_refused(tmp_path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE something (x INTEGER)")
+    with pytest.raises(StoreError, match="older Canopy"):
+        make_engine(str(path))
+
+
+def test_not_a_database_file_is_refused(tmp_path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_text("this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot use database"):
+        make_engine(str(path))
+
+
+def test_database_opened_read_only_is_refused(tmp_path) -> None:
+    path = tmp_path / "ro.db"
+    make_engine(str(path)).dispose()
+    with pytest.raises(StoreError, match="readonly|read-only"):
+        make_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
