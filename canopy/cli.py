@@ -161,6 +161,7 @@ class _Progress:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from engine.api import build_components, resume_search, run_to_resume, search_problem
+    from engine.models import resolve_model
     from store.db import make_engine
 
     if args.resume is not None:
@@ -171,8 +172,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         config = _search_config(args)
         problem = _problem(args)
-        engine = make_engine(args.db)
         model, rollout_model = args.model, args.rollout_model
+        for name in filter(None, (model, rollout_model)):
+            resolve_model(name)
+        engine = make_engine(args.db)
     _log(f"loading {model} ...")
     components = build_components(config, model=model, rollout_model=rollout_model)
     done = tree_row.simulations_done if args.resume is not None else 0

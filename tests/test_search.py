@@ -13,7 +13,14 @@ from engine.answer_selection import choose_answers
 from engine.config import ConfigError, SearchConfig
 from engine.critics import Critics, combine
 from engine.search import run_search
-from engine.selection import branching_width, importance, priors_from_logprobs, puct_score, select_child, uct_score
+from engine.selection import (
+    branching_width,
+    importance,
+    priors_from_logprobs,
+    puct_score,
+    select_child,
+    uct_score,
+)
 from engine.tree import Node, Tree
 from engine.types import CriticScores, Option, Rollout
 from tests.fakes import FakeORM, FakePolicy, FakePRM, exact_similarity
@@ -82,7 +89,14 @@ def test_priors_are_a_softmax_over_mean_logprobs() -> None:
 
 @pytest.mark.parametrize(
     ("importance_value", "alpha", "c_min", "c_max", "width"),
-    [(0.0, 8, 2, 4, 2), (0.2, 8, 2, 4, 2), (0.3, 8, 2, 4, 3), (0.9, 8, 2, 4, 4), (0.5, 0, 1, 5, 1), (1.0, 20, 3, 6, 6)],
+    [
+        (0.0, 8, 2, 4, 2),
+        (0.2, 8, 2, 4, 2),
+        (0.3, 8, 2, 4, 3),
+        (0.9, 8, 2, 4, 4),
+        (0.5, 0, 1, 5, 1),
+        (1.0, 20, 3, 6, 6),
+    ],
 )
 def test_branching_width_formula(importance_value, alpha, c_min, c_max, width) -> None:
     assert branching_width(importance_value, alpha=alpha, c_min=c_min, c_max=c_max) == width
@@ -117,7 +131,9 @@ def test_backprop_keeps_visit_and_value_invariants() -> None:
 
 
 def test_root_expansion_respects_branching_limits() -> None:
-    tree, policy = _search(simulations=6, root_min_children=2, root_max_children=3, min_children=1, max_children=2)
+    tree, policy = _search(
+        simulations=6, root_min_children=2, root_max_children=3, min_children=1, max_children=2
+    )
     assert policy.calls[0] == ("propose", 2)
     assert 1 <= len(tree.root.children) <= 3
     for node in tree.nodes[1:]:

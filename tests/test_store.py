@@ -52,7 +52,9 @@ def test_search_round_trips_through_the_store(engine) -> None:
     with Session(engine) as session:
         tree_row = session.get(schema.Tree, result.tree_id)
         run = session.get(schema.Run, result.run_id)
-        events = session.exec(select(schema.SearchEvent).where(schema.SearchEvent.tree_id == result.tree_id)).all()
+        events = session.exec(
+            select(schema.SearchEvent).where(schema.SearchEvent.tree_id == result.tree_id)
+        ).all()
     assert tree_row.status == "completed" and run.status == "completed"
     assert tree_row.chosen_path[0] == 0 and tree_row.answers["vote"] == result.answers["vote"]
     assert {event.phase for event in events} >= {"select", "expand", "filter", "evaluate", "backpropagate"}
@@ -151,7 +153,9 @@ def test_reader_polls_while_a_search_writes(tmp_path) -> None:
 def test_list_trees(engine) -> None:
     result = search_problem(engine, PROBLEM, model="fake", config=_config(3), components=_components())
     rows = list_trees(engine)
-    assert rows[0]["tree_id"] == result.tree_id and rows[0]["gold"] == "7" and rows[0]["nodes"] == result.nodes
+    assert (
+        rows[0]["tree_id"] == result.tree_id and rows[0]["gold"] == "7" and rows[0]["nodes"] == result.nodes
+    )
 
 
 def test_missing_database_is_an_error_for_readers(tmp_path) -> None:
