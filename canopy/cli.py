@@ -261,7 +261,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_app(args: argparse.Namespace) -> int:
     from app.launch import launch
-
     from store.db import default_db_url, normalize_url
 
     return launch(

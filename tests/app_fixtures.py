@@ -406,7 +406,7 @@ def seed_database(path: Path) -> SeedInfo:
             info.tree_ids[name] = _add(session, tree).id
     odd_texts = [LONG_OPTION, SCRIPT_OPTION, MARKDOWN_OPTION, UNICODE_OPTION]
     grow_tree(engine, info.tree_ids["a1"], seed=2, simulations=12)
-    grow_tree(engine, info.tree_ids["a2"], seed=2, simulations=6, gold="40")
+    grow_tree(engine, info.tree_ids["a2"], seed=9, simulations=6, gold="40")
     grow_tree(engine, info.tree_ids["b1"], seed=3, simulations=12)
     grow_tree(engine, info.tree_ids["failed"], seed=4, simulations=0, gold="40", finish=False)
     grow_tree(engine, info.tree_ids["stale"], seed=5, simulations=5, gold=None, texts=odd_texts, finish=False)

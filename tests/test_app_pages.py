@@ -142,8 +142,10 @@ def test_trees_node_detail_shows_everything(seeded: SeedInfo, use_db) -> None:
         "whole path"
     )
     labels = {m.label for m in app.metric}
-    assert {"Visits", "Q", "Prior", "Value", "PRM", "ORM", "Tool", "Combined"} <= labels
+    assert {"Visits", "Q", "Prior", "Children"} <= labels
     frames = [d.value for d in app.dataframe]
+    critics = next(f for f in frames if "critic" in f.columns)
+    assert list(critics["critic"]) == ["Value", "PRM", "ORM", "Tool", "Combined"]
     assert any("completion" in f.columns for f in frames), "rollouts table"
 
 
@@ -323,7 +325,7 @@ def test_improve_page_history_and_availability(seeded: SeedInfo, use_db) -> None
     shown = " ".join(texts(app, "info") + texts(app, "markdown"))
     if not (ROOT / "training" / "improve.py").exists():
         assert "`canopy improve` is not available yet" in shown
-    assert "Accuracy on held-out problems" in shown
+    assert len(app.get("plotly_chart")) == 3, "accuracy, data size and loss charts"
     assert "Iteration 2" in shown, "the running iteration's progress"
 
 
