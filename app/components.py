@@ -33,6 +33,15 @@ CRITIC_HELP = (
 )
 
 
+CRITICS = [
+    ("Value", "value_score", "expected final reward from this partial solution"),
+    ("PRM", "prm_score", "is this step correct?"),
+    ("ORM", "orm_score", "is a finished solution through here correct? (rollouts)"),
+    ("Tool", "tool_score", "does the arithmetic check out?"),
+    ("Combined", "combined_score", "weighted mean: what the search backs up"),
+]
+
+
 def require_store(url: str) -> None:
     """Stop the page with a clear message if the store cannot be read."""
     problem = data.store_problem(url)
@@ -211,19 +220,22 @@ def node_detail(tree: pd.Series, nodes: pd.DataFrame, filtered: pd.DataFrame, in
         "Prior", score(node["prior"]), help="The policy's probability of this option among its siblings."
     )
     columns[3].metric("Children", int((nodes["parent_index"] == index).sum()))
-    columns = st.columns(5)
-    for column, (label, name) in zip(
-        columns,
-        [
-            ("Value", "value_score"),
-            ("PRM", "prm_score"),
-            ("ORM", "orm_score"),
-            ("Tool", "tool_score"),
-            ("Combined", "combined_score"),
-        ],
-        strict=True,
-    ):
-        column.metric(label, score(node[name]))
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "critic": [name for name, _, _ in CRITICS],
+                "score": [node[column] if data.present(node[column]) else None for _, column, _ in CRITICS],
+                "what it judges": [judges for _, _, judges in CRITICS],
+            }
+        ),
+        hide_index=True,
+        column_config={
+            "score": st.column_config.ProgressColumn(
+                "score (0 bad – 1 good)", min_value=0.0, max_value=1.0, format="%.3f", width="medium"
+            ),
+            "what it judges": st.column_config.TextColumn(width="large"),
+        },
+    )
     with st.expander("What do these scores mean?"):
         st.markdown(CRITIC_HELP)
     if bool(node["terminal"]):
@@ -288,18 +300,48 @@ def node_detail(tree: pd.Series, nodes: pd.DataFrame, filtered: pd.DataFrame, in
         st.caption(f"{len(own)} sampled option(s) were dropped as near-duplicates of this node.")
 
 
-def tree_summary(tree: pd.Series, state: str | None = None) -> None:
-    """Answer, verdict and sizes of a tree, in one row."""
+def run_message(state: str, error: Any) -> None:
+    """A failed, stopped or interrupted run's message, worded by what happened."""
+    if not data.present(error) and state != "stopped (no heartbeat)":
+        return
+    if state == "failed":
+        st.error("This run failed; its trees keep what was written before the failure.")
+    elif state == "interrupted":
+        st.warning("This run was stopped before it finished; its trees keep what was written until then.")
+    elif state == "stopped (no heartbeat)":
+        st.warning(
+            "This run stopped writing more than a minute ago without finishing (the process was probably "
+            "killed); its trees keep what was written until then."
+        )
+    else:
+        st.info("Message from the run:")
+    if data.present(error):
+        untrusted(error)
+
+
+def tree_summary(tree: pd.Series, state: str | None = None, *, compact: bool = False) -> None:
+    """Answer, verdict and sizes of a tree."""
+    gold = str(tree["gold"]) if data.present(tree["gold"]) else "–"
+    verdict = (
+        {True: "✓ correct", False: "✗ wrong"}[bool(tree["correct"])]
+        if data.present(tree["correct"])
+        else "not graded"
+    )
+    simulations = f"{tree['simulations_done']}/{tree['simulations_target']}"
+    nodes = f"{tree['node_count']} (+{tree['filtered_count']})"
+    if compact:
+        st.caption("Answer chosen by the search")
+        untrusted(tree["answer"], empty="(no answer yet)")
+        st.text(f"{verdict} · gold {gold} · {simulations} simulations · {nodes} nodes (+filtered)")
+        return
     columns = st.columns([2, 1, 1, 1, 1])
     with columns[0]:
         st.caption("Answer chosen by the search")
         untrusted(tree["answer"], empty="(no answer yet)")
-    gold = tree["gold"]
-    verdict = {True: "✓ correct", False: "✗ wrong"}.get(tree["correct"], "–")
-    columns[1].metric("Gold answer", str(gold)[:20] if data.present(gold) else "–")
-    columns[2].metric("Result", verdict if data.present(tree["correct"]) else "not graded")
-    columns[3].metric("Simulations", f"{tree['simulations_done']}/{tree['simulations_target']}")
-    columns[4].metric("Nodes (+ filtered)", f"{tree['node_count']} (+{tree['filtered_count']})")
+    columns[1].metric("Gold answer", gold[:20])
+    columns[2].metric("Result", verdict)
+    columns[3].metric("Simulations", simulations)
+    columns[4].metric("Nodes (+ filtered)", nodes)
     if state:
         st.caption(f"Tree status: {state}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
+import plotly.graph_objects as go
 
 GROUPS = {
     "accuracy": ("Accuracy on held-out problems", ("acc",)),
@@ -47,3 +48,21 @@ def grouped(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if rest:
         charts["Other metrics"] = table[rest]
     return charts
+
+
+def metric_figure(title: str, frame: pd.DataFrame) -> go.Figure:
+    """One line (with markers, so a single iteration still shows) per metric."""
+    figure = go.Figure(
+        [
+            go.Scatter(x=frame.index, y=frame[column], mode="lines+markers", name=column, connectgaps=True)
+            for column in frame.columns
+        ]
+    )
+    figure.update_layout(
+        title={"text": title},
+        height=300,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        legend={"orientation": "h", "y": -0.2},
+        xaxis={"type": "category"},
+    )
+    return figure

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import streamlit as st
 
 from app import data
-from app.components import open_in_trees, snapshot_at, tree_chart, untrusted
+from app.components import open_in_trees, run_message, snapshot_at, tree_chart, untrusted
 from app.jobs import Job, find_run
 
 JOB_KEY = "search.job"
@@ -90,9 +90,8 @@ def _run_status(url: str, run_id: int, job: Job | None) -> None:
         quiet = (datetime.now(UTC) - beat).total_seconds() if beat else 0
         state = f"● running (busy: no store update for {quiet:.0f} s)"
     st.markdown(f"**Run {run_id}** · {run['model']} · {run['task']} · {state}")
-    if data.present(run["error"]):
-        st.error("The run failed:")
-        untrusted(run["error"])
+    if run["state"] != "running" and not (job is not None and job.alive):
+        run_message(run["state"], run["error"])
     if trees.empty:
         st.info("The run exists but has not written its first tree yet.")
         return

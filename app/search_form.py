@@ -3,6 +3,7 @@ help text so a new setting shows up without touching the app."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from types import ModuleType
 from typing import Any
@@ -98,18 +99,25 @@ def setting_widget(spec: Any, options: dict[str, tuple[str, ...]], prefix: str) 
     return text.strip() or None
 
 
-def settings_form(config_module: ModuleType, prefix: str = "search.cfg") -> dict[str, Any]:
-    """Widgets for every ``SearchConfig`` field, grouped; returns {field: value}."""
+def settings_form(
+    config_module: ModuleType, prefix: str = "search.cfg", extras: dict[str, Callable[[], None]] | None = None
+) -> dict[str, Any]:
+    """Widgets for every ``SearchConfig`` field, grouped; returns {field: value}.
+    ``extras[section]`` draws more widgets at the top of that section."""
     config_fields = {spec.name: spec for spec in fields(config_module.SearchConfig)}
     options = choices(config_module)
     placed = {name for _, names in SECTIONS.values() for name in names}
-    sections = [(title, [n for n in names if n in config_fields]) for title, names in SECTIONS.values()]
-    sections.append(("More settings", [n for n in config_fields if n not in placed]))
+    sections = [
+        (key, title, [n for n in names if n in config_fields]) for key, (title, names) in SECTIONS.items()
+    ]
+    sections.append(("more", "More settings", [n for n in config_fields if n not in placed]))
     values: dict[str, Any] = {}
-    for index, (title, names) in enumerate(sections):
+    for index, (key, title, names) in enumerate(sections):
         if not names:
             continue
         with st.expander(title, expanded=index == 0):
+            if extras and key in extras:
+                extras[key]()
             columns = st.columns(3)
             for position, name in enumerate(names):
                 with columns[position % 3]:

@@ -164,9 +164,6 @@ def calibration_tab() -> None:
             "reached an answer (finished steps or rollouts)."
         )
         return
-    threshold = st.slider(
-        "Count a score as “predicts correct” from", 0.0, 1.0, 0.5, 0.05, key="critics.threshold"
-    )
     figure = go.Figure(
         go.Scatter(
             x=[0, 1],
@@ -177,7 +174,7 @@ def calibration_tab() -> None:
             hoverinfo="skip",
         )
     )
-    rows = []
+    scored = []
     for name in available:
         column = data.SCORE_COLUMNS[name]
         bins = reliability(labelled[column], labelled["outcome"])
@@ -193,12 +190,7 @@ def calibration_tab() -> None:
                 hovertemplate="score %{x:.2f} → %{y:.0%} right (%{text})",
             )
         )
-        rows.append(
-            {
-                "critic": data.CRITIC_NAMES[name],
-                **classification(labelled[column], labelled["outcome"], threshold),
-            }
-        )
+        scored.append(name)
     figure.update_layout(
         height=440,
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
@@ -206,10 +198,23 @@ def calibration_tab() -> None:
         yaxis={"title": {"text": "share of nodes verified correct"}, "range": [0, 1]},
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"},
     )
-    left, right = st.columns([3, 2])
-    left.plotly_chart(figure, key="critics.reliability")
+    st.plotly_chart(figure, key="critics.reliability")
+    threshold = st.slider(
+        "Count a score as “predicts correct” from", 0.0, 1.0, 0.5, 0.05, key="critics.threshold"
+    )
+    st.caption(
+        f"Each critic as a yes/no predictor over {len(labelled)} nodes with a verified outcome "
+        f"(score ≥ {threshold:.2f} means “predicts correct”)."
+    )
+    rows = [
+        {
+            "critic": data.CRITIC_NAMES[name],
+            **classification(labelled[data.SCORE_COLUMNS[name]], labelled["outcome"], threshold),
+        }
+        for name in scored
+    ]
     number = st.column_config.NumberColumn(format="%.2f")
-    right.dataframe(
+    st.dataframe(
         rows,
         hide_index=True,
         column_config={
@@ -224,7 +229,6 @@ def calibration_tab() -> None:
             ),
         },
     )
-    right.caption(f"{len(labelled)} nodes with a verified outcome; threshold {threshold:.2f}.")
 
 
 tab_disagree, tab_calibration = st.tabs(["Where critics disagree", "Calibration against verified outcomes"])

@@ -7,7 +7,7 @@ import streamlit as st
 from app import data
 from app.components import require_store, untrusted
 from app.engine_info import DEFAULT_MODEL, improve_unavailable_reason, policy_models
-from app.improve_metrics import grouped, metric_table
+from app.improve_metrics import grouped, metric_figure, metric_table
 from app.jobs import start_job
 
 JOB_KEY = "improve.job"
@@ -20,9 +20,10 @@ st.caption(
     "accuracy on held-out problems. Each iteration's checkpoint is the starting point of the next."
 )
 
-with st.expander("Launch an iteration", expanded=False, icon=":material/rocket_launch:"):
-    if reason := improve_unavailable_reason():
-        st.info(reason)
+st.subheader("Launch an iteration")
+if reason := improve_unavailable_reason():
+    st.info(reason, icon=":material/info:")
+else:
     names = [m.name for m in policy_models()]
     columns = st.columns(3)
     model = columns[0].selectbox(
@@ -35,11 +36,11 @@ with st.expander("Launch an iteration", expanded=False, icon=":material/rocket_l
     extra = columns[2].text_input(
         "More `canopy improve` options",
         key="improve.extra",
-        help="Passed to the command as typed, e.g. `--train-problems 64`.",
+        help="Passed to the command as typed; `canopy improve --help` lists them.",
     )
     job = st.session_state.get(JOB_KEY)
     busy = job is not None and job.alive
-    if st.button("Start iteration", type="primary", disabled=reason is not None or busy):
+    if st.button("Start iteration", type="primary", disabled=busy):
         try:
             extra_arguments = shlex.split(extra)
         except ValueError as exc:
@@ -86,7 +87,8 @@ st.dataframe(
     iterations.assign(
         parent=[names.get(p, "") if data.present(p) else "" for p in iterations["parent_id"]],
         created=[data.as_utc(c).strftime("%Y-%m-%d %H:%M") for c in iterations["created_at"]],
-    )[["id", "name", "parent", "model", "status", "stage", "checkpoint_path", "created"]],
+        checkpoint=iterations["checkpoint_path"].fillna(""),
+    )[["id", "name", "parent", "model", "status", "stage", "checkpoint", "created"]],
     hide_index=True,
 )
 table = metric_table(iterations)
@@ -97,8 +99,7 @@ else:
     columns = st.columns(min(3, len(charts)))
     for position, (title, frame) in enumerate(charts.items()):
         with columns[position % len(columns)]:
-            st.markdown(f"**{title}**")
-            st.line_chart(frame, height=260)
+            st.plotly_chart(metric_figure(title, frame), key=f"improve.chart.{position}")
     with st.expander("All metrics as a table"):
         st.dataframe(table)
 st.page_link(

@@ -24,7 +24,12 @@ st.caption(
 )
 
 job = st.session_state.get(JOB_KEY)
-live_runs = data.runs(url) if data.store_problem(url) is None else None
+store_problem = data.store_problem(url)
+if store_problem and not store_problem.startswith("no database"):
+    st.error(f"Cannot use the database: {store_problem}")
+    st.caption("Database URL")
+    st.code(url, language=None)
+live_runs = data.runs(url) if store_problem is None else None
 running = live_runs[live_runs["state"] == "running"] if live_runs is not None else None
 
 if job is not None:
@@ -104,14 +109,19 @@ with right:
             st.text_input("Gold answer (optional, to grade the result)", key="search.answer").strip() or None
         )
 
-values = settings_form(config_module)
-rollout_choice = st.selectbox(
-    "Rollout model",
-    ["same", *names],
-    format_func=lambda n: "Same as the policy" if n == "same" else n,
-    help="A smaller, faster model can finish the rollouts (AlphaLLM's fast rollout).",
-    key="search.rollout_model",
-)
+
+def rollout_model_picker() -> None:
+    st.selectbox(
+        "Rollout model",
+        ["same", *names],
+        format_func=lambda n: "Same as the policy" if n == "same" else n,
+        help="A smaller, faster model can finish the rollouts (AlphaLLM's fast rollout).",
+        key="search.rollout_model",
+    )
+
+
+values = settings_form(config_module, extras={"rollouts": rollout_model_picker})
+rollout_choice = st.session_state.get("search.rollout_model", "same")
 
 problems = []
 try:
@@ -134,6 +144,10 @@ start = st.button(
     icon=":material/play_arrow:",
     disabled=bool(problems) or busy or reason is not None,
     help="One search at a time per browser tab: stop the current one first." if busy else None,
+)
+st.caption(
+    "The search runs in the background and writes every simulation to the database: you can leave this page "
+    "and come back, or open the tree on the Trees page while it grows."
 )
 if start:
     arguments = search_arguments(

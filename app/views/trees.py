@@ -12,6 +12,7 @@ from app.components import (
     node_detail,
     node_table,
     require_store,
+    run_message,
     select_node,
     selected_index,
     snapshot_at,
@@ -128,9 +129,7 @@ def explore(tree: pd.Series) -> None:
     tree_id = int(tree["id"])
     run = runs[runs["id"] == tree["run_id"]].iloc[0]
     st.caption(f"Run {run['id']} · {run['model']} · task {tree['task']} · run status: {run['shown_state']}")
-    if data.present(run["error"]):
-        st.error("This run failed; the tree keeps what was written before the failure.")
-        untrusted(run["error"])
+    run_message(run["state"], run["error"])
     st.caption("Question")
     untrusted(tree["question"])
     tree_summary(tree, tree["status"])
@@ -198,7 +197,7 @@ def compare() -> None:
             tree = pick_tree(f"Tree {'AB'[side]}", options, f"trees.cmp.tree{side}", index=side)
             run = runs[runs["id"] == tree["run_id"]].iloc[0]
             st.caption(f"Run {run['id']} · {run['model']} · iteration {run['iteration'] or '–'}")
-            tree_summary(tree)
+            tree_summary(tree, compact=True)
             snapshot, _, _ = snapshot_at(url, int(tree["id"]), None)
             tree_chart(
                 snapshot,

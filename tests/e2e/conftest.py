@@ -164,7 +164,7 @@ def screenshot(page: Page, name: str) -> Path:
     page.set_viewport_size(
         {"width": viewport["width"], "height": max(viewport["height"], min(int(height), 6000))}
     )
-    page.wait_for_timeout(500)
+    page.wait_for_timeout(1500)  # charts redraw at the new size
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size(viewport)
     return path

@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.conftest import ROOT, AppServer, assert_no_errors, screenshot, wait_idle
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser]
 
 PAGES = {
     "home": ("", "Canopy"),
@@ -100,6 +100,7 @@ def engine_missing() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(engine_missing() is not None, reason="engine not available")
 def test_live_search_on_smollm2_grows(tmp_path, page) -> None:
     """Start a 6-simulation search on smollm2-135m from the Search page and watch
@@ -113,7 +114,7 @@ def test_live_search_on_smollm2_grows(tmp_path, page) -> None:
         page.locator('[data-testid="stSelectbox"]').filter(has_text="Policy model").click()
         page.get_by_role("option", name="smollm2-135m").click()
         wait_idle(page)
-        simulations = page.get_by_label("Simulations")
+        simulations = page.get_by_role("spinbutton", name="Simulations", exact=True)
         simulations.fill("6")
         simulations.press("Enter")
         wait_idle(page)
