@@ -34,11 +34,11 @@ CRITIC_HELP = (
 
 
 CRITICS = [
-    ("Value", "value_score", "expected final reward from this partial solution"),
+    ("Value", "value_score", "expected final reward"),
     ("PRM", "prm_score", "is this step correct?"),
-    ("ORM", "orm_score", "is a finished solution through here correct? (rollouts)"),
-    ("Tool", "tool_score", "does the arithmetic check out?"),
-    ("Combined", "combined_score", "weighted mean: what the search backs up"),
+    ("ORM", "orm_score", "is the finished answer right?"),
+    ("Tool", "tool_score", "does the arithmetic check?"),
+    ("Combined", "combined_score", "what the search backs up"),
 ]
 
 
@@ -223,17 +223,15 @@ def node_detail(tree: pd.Series, nodes: pd.DataFrame, filtered: pd.DataFrame, in
     st.dataframe(
         pd.DataFrame(
             {
-                "critic": [name for name, _, _ in CRITICS],
+                "critic": [f"{name}: {judges}" for name, _, judges in CRITICS],
                 "score": [node[column] if data.present(node[column]) else None for _, column, _ in CRITICS],
-                "what it judges": [judges for _, _, judges in CRITICS],
             }
         ),
         hide_index=True,
         column_config={
             "score": st.column_config.ProgressColumn(
-                "score (0 bad – 1 good)", min_value=0.0, max_value=1.0, format="%.3f", width="medium"
+                "score (0 bad – 1 good)", min_value=0.0, max_value=1.0, format="%.3f", width="small"
             ),
-            "what it judges": st.column_config.TextColumn(width="large"),
         },
     )
     with st.expander("What do these scores mean?"):
