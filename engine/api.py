@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from engine.answer_selection import choose_answers
 from engine.config import SearchConfig
 from engine.critics import Critics
-from engine.persist import StoreSink, create_run, create_tree, load_tree, set_run_status
+from engine.persist import Heartbeat, StoreSink, create_run, create_tree, load_tree, set_run_status
 from engine.search import run_search
 from engine.tree import Tree
 from engine.types import Policy, Problem
@@ -128,6 +128,8 @@ def _search_tree(
         engine, tree_id, prefill_tokens=lambda: policy.stats().prefill_tokens, on_simulation=on_simulation
     )
     started = time.monotonic()
+    tree = tree or Tree.new(problem.question, policy.root_state(problem.question))
+    sink.start(tree)
     tree = run_search(
         question=problem.question,
         policy=policy,
@@ -203,7 +205,8 @@ def search_problem(
 
 def _finish_run(engine: Engine, run_id: int, work: Callable[[], SearchResult]) -> SearchResult:
     try:
-        result = work()
+        with Heartbeat(engine, run_id):
+            result = work()
     except KeyboardInterrupt:
         set_run_status(engine, run_id, "interrupted", error="interrupted by the user")
         raise

@@ -9,6 +9,7 @@ in-memory ``Tree`` to resume it.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -113,6 +114,13 @@ class StoreSink:
             self.next_seq = len(
                 session.exec(select(schema.SearchEvent.id).where(schema.SearchEvent.tree_id == tree_id)).all()
             )
+
+    def start(self, tree: Tree) -> None:
+        """Write the root at once, so readers see the tree before the first simulation ends."""
+        with Session(self.engine) as session:
+            self.write_nodes(session, tree, {0})
+            self._update_counters(session, tree)
+            session.commit()
 
     def write_nodes(self, session: Session, tree: Tree, indices: set[int]) -> None:
         for index in sorted(indices):
@@ -265,6 +273,34 @@ def set_run_status(engine: Engine, run_id: int, status: str, *, error: str | Non
                     session.add(tree)
         session.add(run)
         session.commit()
+
+
+class Heartbeat:
+    """Stamps ``run.heartbeat_at`` every ``interval`` seconds from a daemon thread
+    while a run works, so readers can tell a slow run from a dead one."""
+
+    def __init__(self, engine: Engine, run_id: int, interval: float = 10.0) -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-run-{run_id}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            with Session(self.engine) as session:
+                run = session.get(schema.Run, self.run_id)
+                run.heartbeat_at = utcnow()
+                session.add(run)
+                session.commit()
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def load_tree(engine: Engine, tree_id: int) -> tuple[Tree, Problem]:

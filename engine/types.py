@@ -179,14 +179,17 @@ class PolicyStats:
 
     Attributes:
         generated_tokens: tokens sampled.
-        prefill_tokens: prompt/prefix tokens run through the model outside decoding,
-            i.e. not served from the prefix cache.
+        prefill_tokens: state tokens run through the model before sampling, i.e.
+            not served from the prefix cache (generation only).
+        scoring_prefill_tokens: prompt tokens the model read for critics
+            (PRM/ORM prompts, value-head states).
         cached_tokens: prefix tokens served from the prefix cache instead.
         generate_seconds: wall seconds spent inside ``propose``/``complete``.
     """
 
     generated_tokens: int = 0
     prefill_tokens: int = 0
+    scoring_prefill_tokens: int = 0
     cached_tokens: int = 0
     generate_seconds: float = 0.0
 

@@ -145,15 +145,18 @@ class HFPolicy:
         with torch.inference_mode():
             out = self.model(
                 input_ids=input_ids.to(self.device),
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
                 output_hidden_states=True,
             )
         return out.logits[:, -1, :].float(), out.hidden_states[-1][:, -1, :].float()
 
-    def state_entry(self, state: tuple[int, ...]) -> CacheEntry:
-        """The cached view of ``state``, prefilling only what no cached prefix covers."""
+    def state_entry(self, state: tuple[int, ...], *, scoring: bool = False) -> CacheEntry:
+        """The cached view of ``state``, prefilling only what no cached prefix covers.
+
+        ``scoring`` counts the prefill as the critics' rather than generation's.
+        """
         entry = self.cache.get(state)
         if entry is not None:
             self._stats.cached_tokens += len(state)
@@ -161,7 +164,10 @@ class HFPolicy:
         start, base = self.cache.longest_prefix(state)
         cache = DynamicCache(ddp_cache_data=base.kv) if base is not None else DynamicCache()
         logits, hidden = self._forward(torch.tensor([state[start:]]), cache)
-        self._stats.prefill_tokens += len(state) - start
+        if scoring:
+            self._stats.scoring_prefill_tokens += len(state) - start
+        else:
+            self._stats.prefill_tokens += len(state) - start
         self._stats.cached_tokens += start
         entry = CacheEntry(_kv_of(cache), logits, hidden)
         self.cache.put(state, entry)
@@ -307,7 +313,7 @@ class HFPolicy:
                 same += 1
             prefix_len = same
         if prefix_len > 0:
-            cache = DynamicCache(ddp_cache_data=self.state_entry(first[:prefix_len]).kv)
+            cache = DynamicCache(ddp_cache_data=self.state_entry(first[:prefix_len], scoring=True).kv)
             cache.batch_repeat_interleave(len(states))
         else:
             cache = DynamicCache()
@@ -319,12 +325,12 @@ class HFPolicy:
         with torch.inference_mode():
             out = self.model(
                 input_ids=batch.to(self.device),
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
                 output_hidden_states=True,
             )
-        self._stats.prefill_tokens += sum(len(tail) for tail in tails)
+        self._stats.scoring_prefill_tokens += sum(len(tail) for tail in tails)
         last = torch.tensor([len(tail) - 1 for tail in tails])
         return out.hidden_states[-1][torch.arange(len(states)), last].float()
 
