@@ -117,12 +117,20 @@ def main(args: argparse.Namespace) -> dict:
         **width,
     )
     with_critics = SearchConfig(
-        simulations=args.simulations, max_option_tokens=args.option_tokens, similarity="edit", rollouts=1, **width
+        simulations=args.simulations,
+        max_option_tokens=args.option_tokens,
+        similarity="edit",
+        rollouts=1,
+        **width,
     )
     raw_generate(policy, prompt, batch=args.batch, new_tokens=4, repeats=1)  # warm-up
-    raw_before = raw_generate(policy, prompt, batch=args.batch, new_tokens=args.option_tokens, repeats=args.repeats)
+    raw_before = raw_generate(
+        policy, prompt, batch=args.batch, new_tokens=args.option_tokens, repeats=args.repeats
+    )
     search = search_run(policy, problem.question, policy_only, model=args.model)
-    raw_after = raw_generate(policy, prompt, batch=args.batch, new_tokens=args.option_tokens, repeats=args.repeats)
+    raw_after = raw_generate(
+        policy, prompt, batch=args.batch, new_tokens=args.option_tokens, repeats=args.repeats
+    )
     critics = search_run(policy, problem.question, with_critics, model=args.model)
     raw_rate = (raw_before["tokens_per_s"] + raw_after["tokens_per_s"]) / 2
     return {

@@ -230,18 +230,19 @@ class _Search:
             requests.append(TrajectoryRequest(tree.question, steps, child.terminal))
         prm = self._score("prm", lambda: critics.prm.score_steps(requests), len(children))
         value = self._score("value", lambda: critics.value.score_states(requests), len(children))
+        pending = [child for child in children if not child.terminal] if config.rollouts > 0 else []
+        completions = dict(zip((child.index for child in pending), self.rollout(pending), strict=True))
         outcome_requests: list[TrajectoryRequest] = []
         owners: list[tuple[Node, Option | None]] = []
         for child, request in zip(children, requests, strict=True):
             if child.terminal:
                 outcome_requests.append(request)
                 owners.append((child, None))
-            elif config.rollouts > 0:
-                for completion in self.rollout(child):
-                    outcome_requests.append(
-                        TrajectoryRequest(tree.question, (*request.steps, completion.text), True)
-                    )
-                    owners.append((child, completion))
+            for completion in completions.get(child.index, []):
+                outcome_requests.append(
+                    TrajectoryRequest(tree.question, (*request.steps, completion.text), True)
+                )
+                owners.append((child, completion))
         orm = self._score("orm", lambda: critics.orm.score_outcomes(outcome_requests), len(outcome_requests))
         tool = self._score(
             "tool", lambda: critics.tool.score_outcomes(outcome_requests), len(outcome_requests)
@@ -270,22 +271,27 @@ class _Search:
             if child.rollouts:
                 sim.emit("rollout", child.index, answers=[rollout.answer for rollout in child.rollouts])
 
-    def rollout(self, child: Node) -> list[Option]:
+    def rollout(self, children: list[Node]) -> list[list[Option]]:
+        """``config.rollouts`` completions from each child, as one batch."""
+        if not children:
+            return []
         tree, config = self.tree, self.config
         if self.rollout_policy is self.policy:
-            state = tree.state(child.index)
+            states = [tree.state(child.index) for child in children]
         else:
             root = self.rollout_policy.root_state(tree.question)
-            state = self.rollout_policy.extend(root, "".join(tree.steps(child.index)))
+            states = [
+                self.rollout_policy.extend(root, "".join(tree.steps(child.index))) for child in children
+            ]
         completions = self.rollout_policy.complete(
-            state,
+            states,
             n=config.rollouts,
             termination=self.rollout_termination,
             max_tokens=config.rollout_max_tokens,
             temperature=config.rollout_temperature,
-            seed=mix_seed(config.seed, child.index, 1),
+            seed=mix_seed(config.seed, children[0].index, 1),
         )
-        tree.generated_tokens += sum(len(option.token_ids) for option in completions)
+        tree.generated_tokens += sum(len(option.token_ids) for batch in completions for option in batch)
         return completions
 
     def _score(self, critic: str, call, count: int) -> list[float | None]:

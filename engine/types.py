@@ -147,16 +147,17 @@ class Policy(Protocol):
 
     def complete(
         self,
-        state: tuple[int, ...],
+        states: Sequence[tuple[int, ...]],
         *,
         n: int,
         termination: TerminationFn,
         max_tokens: int,
         temperature: float,
         seed: int,
-    ) -> list[Option]:
-        """Finish the solution from ``state`` ``n`` times (fast rollouts), each
-        ending at end-of-sequence, when ``termination`` fires, or at ``max_tokens``."""
+    ) -> list[list[Option]]:
+        """Finish the solution from each state ``n`` times (fast rollouts), all in
+        one batch where the backend can; each completion ends at end-of-sequence,
+        when ``termination`` fires, or at ``max_tokens``. One list per state."""
         ...
 
     def decode(self, token_ids: Sequence[int]) -> str:

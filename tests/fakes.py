@@ -76,17 +76,20 @@ class FakePolicy:
         self._stats.generated_tokens += sum(len(o.token_ids) for o in options)
         return options
 
-    def complete(self, state, *, n, termination, max_tokens, temperature, seed) -> list[Option]:
-        self.calls.append(("complete", n))
+    def complete(self, states, *, n, termination, max_tokens, temperature, seed) -> list[list[Option]]:
+        self.calls.append(("complete", n * len(states)))
         rng = random.Random(seed)
         finals = ("The answer is 7.\n", "The answer is 8.\n")
-        options = []
-        for _ in range(n):
-            text = rng.choice(("3 + 4 = 7.\n", "3 + 4 = 8.\n")) + rng.choice(finals)
-            ids = self.tokenizer.encode(text)[:max_tokens]
-            options.append(Option(self.tokenizer.decode(ids), ids, -1.0, -0.1, True, "eos"))
-        self._stats.generated_tokens += sum(len(o.token_ids) for o in options)
-        return options
+        batches = []
+        for _ in states:
+            options = []
+            for _ in range(n):
+                text = rng.choice(("3 + 4 = 7.\n", "3 + 4 = 8.\n")) + rng.choice(finals)
+                ids = self.tokenizer.encode(text)[:max_tokens]
+                options.append(Option(self.tokenizer.decode(ids), ids, -1.0, -0.1, True, "eos"))
+            self._stats.generated_tokens += sum(len(o.token_ids) for o in options)
+            batches.append(options)
+        return batches
 
 
 def _unit(text: str) -> float:

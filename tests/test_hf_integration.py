@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -50,7 +49,10 @@ def test_child_state_is_cached_whole_and_matches_a_fresh_forward(components) -> 
     newline = make_termination(["newline"])
     options = policy.propose(state, k=3, termination=newline, max_tokens=12, temperature=0.8, seed=5)
     assert len(options) == 3 and all(1 <= len(o.token_ids) <= 12 for o in options)
-    assert all(o.logprob_sum <= 0 and o.logprob_mean == pytest.approx(o.logprob_sum / len(o.token_ids)) for o in options)
+    assert all(
+        o.logprob_sum <= 0 and o.logprob_mean == pytest.approx(o.logprob_sum / len(o.token_ids))
+        for o in options
+    )
     child = next(o for o in options if not o.finished)
     child_state = state + child.token_ids
     entry = policy.cache.get(child_state)
@@ -91,7 +93,12 @@ def test_real_search_is_stored_and_reloads_equal(tmp_path, components) -> None:
     config = SearchConfig(**SMALL, similarity="edit", rollouts=1)
     problem = Problem(question=QUESTION, answer="19")
     run_id = create_run(
-        engine, model=MODEL, task="custom", seed=0, config=effective_config(config, components.critics), critics={}
+        engine,
+        model=MODEL,
+        task="custom",
+        seed=0,
+        config=effective_config(config, components.critics),
+        critics={},
     )
     tree_id = create_tree(engine, run_id=run_id, problem=problem, prompt="", simulations=config.simulations)
     sink = StoreSink(engine, tree_id)
@@ -122,10 +129,27 @@ def _canopy(*args: str) -> subprocess.Popen:
 def test_sigkill_mid_search_then_resume_completes(tmp_path) -> None:
     db = tmp_path / "kill.db"
     args = [
-        "search", "--model", MODEL, "--question", QUESTION, "--answer", "19", "--db", str(db), "--json",
-        "--simulations", "6", "--max-option-tokens", "16", "--rollout-max-tokens", "24",
-        "--root-min-children", "2", "--seed", "1",
-    ]  # fmt: skip
+        "search",
+        "--model",
+        MODEL,
+        "--question",
+        QUESTION,
+        "--answer",
+        "19",
+        "--db",
+        str(db),
+        "--json",
+        "--simulations",
+        "6",
+        "--max-option-tokens",
+        "16",
+        "--rollout-max-tokens",
+        "24",
+        "--root-min-children",
+        "2",
+        "--seed",
+        "1",
+    ]
     process = _canopy(*args)
     reads = 0
     deadline = time.monotonic() + 400
@@ -190,20 +214,66 @@ def test_cli_search_json_and_trees_listing(tmp_path) -> None:
     env = {**os.environ, "CANOPY_DB": str(db)}
     done = subprocess.run(
         [
-            sys.executable, "-m", "canopy", "search", "--model", MODEL, "--task", "arithmetic", "--index", "3",
-            "--simulations", "2", "--max-option-tokens", "12", "--rollouts", "0", "--json",
+            sys.executable,
+            "-m",
+            "canopy",
+            "search",
+            "--model",
+            MODEL,
+            "--task",
+            "arithmetic",
+            "--index",
+            "3",
+            "--simulations",
+            "2",
+            "--max-option-tokens",
+            "12",
+            "--rollouts",
+            "0",
+            "--json",
         ],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    for key in ("run_id", "tree_id", "nodes", "filtered", "simulations", "answer", "correct", "generated_tokens"):
+    for key in (
+        "run_id",
+        "tree_id",
+        "nodes",
+        "filtered",
+        "simulations",
+        "answer",
+        "correct",
+        "generated_tokens",
+    ):
         assert key in result
     assert result["simulations"] == 2 and result["nodes"] >= 3 and result["generated_tokens"] > 0
     assert isinstance(result["correct"], bool), "arithmetic problems have gold answers"
     assert "sim" in done.stderr, "a progress bar goes to stderr"
     listing = subprocess.run(
-        [sys.executable, "-m", "canopy", "trees", "--json"], capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, "-m", "canopy", "trees", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     rows = json.loads(listing.stdout)
     assert [row["tree_id"] for row in rows] == [result["tree_id"]]
+
+
+def test_rollouts_from_states_of_different_lengths_batch_like_alone(components) -> None:
+    """Left-padded batching must not change what the model computes: greedy
+    completions from two states in one batch equal those made one at a time."""
+    policy = components.policy
+    short = policy.root_state("What is 2 + 3?")
+    long = policy.extend(
+        policy.root_state("Ann has 12 pens and buys 30 more. How many pens?"), "Ann starts with 12"
+    )
+    stop = make_termination(["answer"])
+    greedy = {"n": 1, "termination": stop, "max_tokens": 12, "temperature": 1e-4, "seed": 0}
+    together = policy.complete([short, long], **greedy)
+    alone = [policy.complete([state], **greedy)[0] for state in (short, long)]
+    assert [batch[0].token_ids for batch in together] == [batch[0].token_ids for batch in alone]

@@ -140,8 +140,25 @@ class HFPolicy:
 
     # -- the model -----------------------------------------------------------
 
-    def _forward(self, input_ids: torch.Tensor, cache: DynamicCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run ``input_ids`` [B, T] after ``cache`` (updated in place); last logits and hidden."""
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: DynamicCache,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``input_ids`` [B, T] after ``cache`` (updated in place); last logits and hidden.
+
+        ``attention_mask`` (over cache and input) and ``position_ids`` are needed
+        only when rows are left-padded.
+        """
+        extra = {}
+        if attention_mask is not None:
+            extra = {
+                "attention_mask": attention_mask.to(self.device),
+                "position_ids": position_ids.to(self.device),
+            }
         with torch.inference_mode():
             out = self.model(
                 input_ids=input_ids.to(self.device),
@@ -149,6 +166,7 @@ class HFPolicy:
                 use_cache=True,
                 logits_to_keep=1,
                 output_hidden_states=True,
+                **extra,
             )
         return out.logits[:, -1, :].float(), out.hidden_states[-1][:, -1, :].float()
 
@@ -185,23 +203,44 @@ class HFPolicy:
         temperature: float,
         seed: int,
     ) -> list[Option]:
-        return self._sample(state, k, termination, max_tokens, temperature, seed, keep_states=True)
+        return self._sample([state], k, termination, max_tokens, temperature, seed, keep_states=True)[0]
 
     def complete(
         self,
-        state: tuple[int, ...],
+        states: Sequence[tuple[int, ...]],
         *,
         n: int,
         termination: TerminationFn,
         max_tokens: int,
         temperature: float,
         seed: int,
-    ) -> list[Option]:
-        return self._sample(state, n, termination, max_tokens, temperature, seed, keep_states=False)
+    ) -> list[list[Option]]:
+        return self._sample(states, n, termination, max_tokens, temperature, seed, keep_states=False)
+
+    def _batch_cache(self, entries: list[CacheEntry], n: int) -> tuple[DynamicCache, torch.Tensor | None]:
+        """One cache holding ``n`` rows per entry, left-padded to the longest state,
+        and the attention mask over it (None when no row is padded)."""
+        lengths = [entry.kv[0][0].shape[2] for entry in entries]
+        width = max(lengths)
+        if len(entries) == 1:
+            cache = DynamicCache(ddp_cache_data=entries[0].kv)
+            cache.batch_repeat_interleave(n)
+            return cache, None
+        layers = []
+        for layer in range(len(entries[0].kv)):
+            keys, values = [], []
+            for entry, length in zip(entries, lengths, strict=True):
+                k, v = entry.kv[layer]
+                pad = (0, 0, width - length, 0)
+                keys.append(torch.nn.functional.pad(k, pad).expand(n, -1, -1, -1))
+                values.append(torch.nn.functional.pad(v, pad).expand(n, -1, -1, -1))
+            layers.append((torch.cat(keys), torch.cat(values)))
+        mask = torch.tensor([[0] * (width - length) + [1] * length for length in lengths for _ in range(n)])
+        return DynamicCache(ddp_cache_data=layers), mask
 
     def _sample(
         self,
-        state: tuple[int, ...],
+        states: Sequence[tuple[int, ...]],
         n: int,
         termination: TerminationFn,
         max_tokens: int,
@@ -209,23 +248,28 @@ class HFPolicy:
         seed: int,
         *,
         keep_states: bool,
-    ) -> list[Option]:
-        """Sample ``n`` continuations of ``state`` as one batch.
+    ) -> list[list[Option]]:
+        """Sample ``n`` continuations of each state, all rows in one batch.
 
-        With ``keep_states`` each continuation that did not end the solution is
-        fed its last token once more and its state is cached for expansion.
+        States of different lengths are left-padded (masked, with per-row
+        positions). With ``keep_states`` each continuation that did not end the
+        solution is fed its last token once more and its state is cached for
+        expansion.
         """
         started = time.perf_counter()
-        entry = self.state_entry(state)
+        entries = [self.state_entry(state) for state in states]
         generator = torch.Generator().manual_seed(seed)
-        cache = DynamicCache(ddp_cache_data=entry.kv)
-        cache.batch_repeat_interleave(n)
-        logits = entry.logits.expand(n, -1)
-        tokens: list[list[int]] = [[] for _ in range(n)]
-        logprobs = [0.0] * n
-        reasons: list[str | None] = [None] * n
-        stored = [False] * n
-        rows = list(range(n))  # batch position -> row
+        cache, mask = self._batch_cache(entries, n)
+        lengths = [len(state) for state in states for _ in range(n)]
+        width = max(lengths)
+        owner = [i for i in range(len(states)) for _ in range(n)]
+        logits = torch.cat([entry.logits.expand(n, -1) for entry in entries])
+        total = len(owner)
+        tokens: list[list[int]] = [[] for _ in range(total)]
+        logprobs = [0.0] * total
+        reasons: list[str | None] = [None] * total
+        stored = [False] * total
+        rows = list(range(total))  # batch position -> row
         while True:
             active = [pos for pos, row in enumerate(rows) if reasons[row] is None]
             if active:
@@ -249,20 +293,30 @@ class HFPolicy:
                 break
             if len(feed) < len(rows):
                 cache.batch_select_indices(torch.tensor(feed))
+                mask = mask[feed] if mask is not None else None
                 rows = [rows[pos] for pos in feed]
             last = torch.tensor([[tokens[row][-1]] for row in rows])
-            logits, hidden = self._forward(last, cache)
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)
+                positions = torch.tensor([[lengths[row] + len(tokens[row]) - 1] for row in rows])
+                logits, hidden = self._forward(last, cache, attention_mask=mask, position_ids=positions)
+            else:
+                logits, hidden = self._forward(last, cache)
             for pos, row in enumerate(rows):
                 if reasons[row] is not None:
-                    child_state = state + tuple(tokens[row])
-                    self.cache.put(
-                        child_state,
-                        CacheEntry(_row(cache, pos), logits[pos : pos + 1], hidden[pos : pos + 1]),
-                    )
+                    kv = [
+                        (
+                            k[pos : pos + 1, :, width - lengths[row] :].clone(),
+                            v[pos : pos + 1, :, width - lengths[row] :].clone(),
+                        )
+                        for k, v in _kv_of(cache)
+                    ]
+                    child_state = states[owner[row]] + tuple(tokens[row])
+                    self.cache.put(child_state, CacheEntry(kv, logits[pos : pos + 1], hidden[pos : pos + 1]))
                     stored[row] = True
         self._stats.generated_tokens += sum(len(row_tokens) for row_tokens in tokens)
         self._stats.generate_seconds += time.perf_counter() - started
-        return [
+        options = [
             Option(
                 text=self.decode(tokens[row]),
                 token_ids=tuple(tokens[row]),
@@ -271,8 +325,9 @@ class HFPolicy:
                 finished=reasons[row] == "eos",
                 stop_reason=reasons[row] or "token_cap",
             )
-            for row in range(n)
+            for row in range(total)
         ]
+        return [options[i * n : (i + 1) * n] for i in range(len(states))]
 
     @staticmethod
     def _draw(
