@@ -277,3 +277,26 @@ def test_rollouts_from_states_of_different_lengths_batch_like_alone(components) 
     together = policy.complete([short, long], **greedy)
     alone = [policy.complete([state], **greedy)[0] for state in (short, long)]
     assert [batch[0].token_ids for batch in together] == [batch[0].token_ids for batch in alone]
+
+
+def test_value_head_checkpoint_scores_nodes(tmp_path, components) -> None:
+    from engine.critics.value import ValueHead, save_value_head
+
+    hidden_size = components.policy.model.config.hidden_size
+    torch.manual_seed(0)
+    checkpoint = save_value_head(ValueHead(hidden_size), tmp_path / "value", base_model=MODEL)
+    config = SearchConfig(**SMALL, similarity="edit", rollouts=0, value_checkpoint=str(checkpoint))
+    with_value = build_components(config, model=MODEL, policy=components.policy)
+    assert (
+        with_value.critic_info["value"]["active"]
+        and effective_config(config, with_value.critics)["weight_value"] == 1.0
+    )
+    tree = run_search(
+        question=QUESTION,
+        policy=components.policy,
+        critics=with_value.critics,
+        config=config,
+        similarity=with_value.similarity,
+    )
+    scored = [node.scores.value for node in tree.nodes[1:]]
+    assert scored and all(value is not None and 0.0 <= value <= 1.0 for value in scored)

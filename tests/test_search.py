@@ -280,3 +280,20 @@ def test_golden_tree() -> None:
                 assert got[key] == pytest.approx(value, abs=1e-6), (got, want)
             else:
                 assert got[key] == value, (got, want)
+
+
+def test_a_separate_rollout_policy_gets_the_path_as_text() -> None:
+    policy, rollout_policy = FakePolicy("main"), FakePolicy("small")
+    tree = run_search(
+        question=QUESTION,
+        policy=policy,
+        critics=Critics(prm=FakePRM(), orm=FakeORM()),
+        config=SearchConfig(simulations=4, seed=3, similarity="edit", rollouts=2),
+        similarity=exact_similarity,
+        rollout_policy=rollout_policy,
+    )
+    assert not [call for call in policy.calls if call[0] == "complete"], (
+        "rollouts must not use the main policy"
+    )
+    assert [call for call in rollout_policy.calls if call[0] == "complete"]
+    assert all(len(node.rollouts) == 2 for node in tree.nodes[1:] if not node.terminal)
