@@ -211,7 +211,8 @@ def node_detail(tree: pd.Series, nodes: pd.DataFrame, filtered: pd.DataFrame, in
     if not is_root:
         st.caption("Option text (one reasoning step written by the policy)")
         untrusted(node["option_text"])
-    columns = st.columns(4)
+    # Two rows of two: the detail pane is narrow and four metrics in a row truncate to "0.…".
+    columns = [*st.columns(2), *st.columns(2)]
     columns[0].metric("Visits", int(node["visits"]), help="How many simulations passed through this node.")
     columns[1].metric(
         "Q", score(node["q"]), help="Mean of the values backed up through this node, in [0, 1]."
