@@ -123,6 +123,7 @@ class StoreSink:
             session.commit()
 
     def write_nodes(self, session: Session, tree: Tree, indices: set[int]) -> None:
+        added = {}
         for index in sorted(indices):
             fields = _node_fields(tree.nodes[index], tree.root_state)
             if index in self.node_ids:
@@ -130,14 +131,10 @@ class StoreSink:
                 for key, value in fields.items():
                     setattr(row, key, value)
             else:
-                row = schema.Node(tree_id=self.tree_id, **fields)
+                row = added[index] = schema.Node(tree_id=self.tree_id, **fields)
             session.add(row)
         session.flush()
-        for index in indices - self.node_ids.keys():
-            node_id = session.exec(
-                select(schema.Node.id).where(schema.Node.tree_id == self.tree_id, schema.Node.index == index)
-            ).one()
-            self.node_ids[index] = node_id
+        self.node_ids.update({index: row.id for index, row in added.items()})
 
     def _update_counters(self, session: Session, tree: Tree, status: str | None = None) -> schema.Tree:
         tree_row = session.get(schema.Tree, self.tree_id)
