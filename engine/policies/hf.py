@@ -333,9 +333,15 @@ class HFPolicy:
     def _draw(
         logits: torch.Tensor, temperature: float, generator: torch.Generator
     ) -> tuple[list[int], list[float]]:
-        """Sample one token per row at ``temperature``; log-probs at temperature 1."""
-        probs = torch.softmax(logits / temperature, dim=-1)
-        picked = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        """Sample one token per row at ``temperature`` (0: the argmax, exactly);
+        log-probs at temperature 1."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if temperature == 0:
+            picked = logits.argmax(dim=-1)
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            picked = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         logprobs = torch.log_softmax(logits, dim=-1).gather(1, picked[:, None]).squeeze(1)
         return picked.tolist(), logprobs.tolist()
 
