@@ -1,0 +1,267 @@
+"""``canopy eval``: one method, a comparison of several, or the MCTS ablation, on a problem set.
+
+Every tree lands in the store (one eval run per method); an interrupted
+evaluation continues with ``--resume RUN_ID``. Bad input raises the project's
+error types with one-line messages; ``canopy.cli.main`` prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+from canopy.cli import DEFAULT_MODEL, UsageError, _add_search_settings, _log, _search_config
+from engine.baselines import BEAM_SCORES, METHODS, EvalSettings
+
+_SETTING_CHOICES = {"beam_score": BEAM_SCORES}
+
+
+def add_eval_parser(subcommands) -> argparse.ArgumentParser:
+    """Add the ``eval`` subcommand to ``subcommands`` (argparse's subparsers)."""
+    parser = subcommands.add_parser(
+        "eval", help="Evaluate a method, compare methods, or ablate MCTS on a problem set."
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--method", choices=METHODS, help="Evaluate one method.")
+    what.add_argument(
+        "--compare", metavar="M1,M2,...", help=f"Comparison of several methods ({', '.join(METHODS)})."
+    )
+    what.add_argument(
+        "--ablation", action="store_true", help="MCTS with each component added in turn (AlphaLLM Table 3)."
+    )
+    what.add_argument(
+        "--resume",
+        type=int,
+        metavar="RUN_ID",
+        help="Continue an interrupted eval run (with its own settings).",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="Preset, local HF dir, .gguf file or hub id.")
+    parser.add_argument("--rollout-model", help="Smaller/faster model for MCTS rollouts (default: --model).")
+    parser.add_argument("--task", default="arithmetic", choices=("arithmetic", "gsm8k"))
+    parser.add_argument("--data", help="GSM8K-format JSONL file (task gsm8k).")
+    parser.add_argument("--split", default="test", choices=("train", "test"))
+    parser.add_argument("--steps", type=int, default=2, help="Arithmetic difficulty: operations per problem.")
+    parser.add_argument("--max-number", type=int, default=20, help="Arithmetic difficulty: largest operand.")
+    parser.add_argument("--n-problems", type=int, default=10, help="How many problems (>= 1).")
+    parser.add_argument("--offset", type=int, default=0, help="Index of the first problem (>= 0).")
+    parser.add_argument("--out", default="eval-report", help="Folder for --compare/--ablation reports.")
+    parser.add_argument("--config", help="TOML or JSON file of search settings.")
+    parser.add_argument(
+        "--db", help="Database URL or SQLite path (default: $CANOPY_DB or ~/.local/share/canopy)."
+    )
+    parser.add_argument("--json", action="store_true", help="Print one JSON object with the result.")
+    group = parser.add_argument_group("baseline settings")
+    for field in fields(EvalSettings):
+        if field.name == "search":
+            continue
+        default = field.default if field.default is not MISSING else field.default_factory()
+        kwargs: dict[str, Any] = {
+            "dest": field.name,
+            "default": default,
+            "help": f"{field.metadata['help']} (default: {default})",
+        }
+        if field.name in _SETTING_CHOICES:
+            kwargs["choices"] = _SETTING_CHOICES[field.name]
+        else:
+            kwargs["type"] = type(default)
+        group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+    _add_search_settings(parser)
+    return parser
+
+
+def _eval_settings(args: argparse.Namespace) -> EvalSettings:
+    baseline = {
+        field.name: getattr(args, field.name) for field in fields(EvalSettings) if field.name != "search"
+    }
+    return EvalSettings(**baseline, search=_search_config(args))
+
+
+def _methods(args: argparse.Namespace) -> list[str]:
+    if args.method:
+        return [args.method]
+    if args.ablation:
+        return ["mcts"]
+    methods = [name.strip() for name in args.compare.split(",") if name.strip()]
+    unknown = [name for name in methods if name not in METHODS]
+    if unknown:
+        raise UsageError(
+            f"--compare: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}"
+        )
+    if len(methods) < 2 or len(set(methods)) != len(methods):
+        raise UsageError("--compare needs at least two different methods, e.g. greedy,self-consistency,mcts")
+    return methods
+
+
+def _selection(args: argparse.Namespace) -> dict[str, Any]:
+    if args.n_problems < 1:
+        raise UsageError(f"--n-problems must be >= 1, got {args.n_problems}")
+    if args.offset < 0:
+        raise UsageError(f"--offset must be >= 0, got {args.offset}")
+    return {
+        "task": args.task,
+        "data": str(Path(args.data).resolve()) if args.data else None,
+        "split": args.split,
+        "steps": args.steps,
+        "max_number": args.max_number,
+        "n_problems": args.n_problems,
+        "offset": args.offset,
+    }
+
+
+def load_selection(selection: dict[str, Any]):
+    """The problems a selection (as stored in an eval run's meta) names."""
+    from engine.tasks import TaskError, load_problems
+
+    problems = load_problems(
+        selection["task"],
+        split=selection["split"],
+        count=selection["offset"] + selection["n_problems"],
+        data=selection["data"],
+        steps=selection["steps"],
+        max_number=selection["max_number"],
+    )[selection["offset"] :]
+    if not problems:
+        raise TaskError(f"no problems from offset {selection['offset']}: the source has fewer")
+    return problems
+
+
+class _ProblemProgress:
+    """A tqdm bar on stderr over problems (all methods' problems for a comparison)."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="problem", file=sys.stderr, dynamic_ncols=True)
+        self.correct: dict[str, int] = {}
+
+    def __call__(self, tag: str, record, done: int, total: int) -> None:
+        self.correct[tag] = self.correct.get(tag, 0) + bool(record.correct)
+        self.bar.update(1)
+        self.bar.set_postfix(method=tag, correct=f"{self.correct[tag]}/{done}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _announce(run_id: int) -> None:
+    _log(f"eval run {run_id} started; if it stops, continue with `canopy eval --resume {run_id}`")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from engine.api import build_components
+    from engine.evaluate import ablation_configs, compare, eval_run, evaluate, results_table, run_ablation
+    from engine.models import resolve_model
+    from store.db import make_engine
+
+    if args.resume is not None:
+        from engine.api import RunNotResumable
+
+        engine = make_engine(args.db)
+        run = eval_run(engine, args.resume)
+        if "problems" not in run.config.get("meta", {}):
+            raise RunNotResumable(
+                f"run {args.resume} was not made by `canopy eval`; it cannot be resumed here"
+            )
+        settings = EvalSettings.from_dict(run.config["settings"])
+        selection = run.config["meta"]["problems"]
+        methods, model, rollout_model = [run.method], run.model, run.rollout_model
+    else:
+        methods = _methods(args)
+        selection = _selection(args)
+        settings = _eval_settings(args)
+        model, rollout_model = args.model, args.rollout_model
+        for name in filter(None, (model, rollout_model)):
+            resolve_model(name)
+        engine = None
+    problems = load_selection(selection)
+    engine = engine or make_engine(args.db)
+    search = settings.search
+    if "mcts" not in methods:
+        # Baselines never consult the similarity filter: don't load an embedding model for it.
+        search = search.with_overrides(similarity="off")
+    _log(f"loading {model} ...")
+    components = build_components(search, model=model, rollout_model=rollout_model)
+    meta = {"problems": selection}
+    rows = len(methods)
+    if args.ablation:
+        rows = len(ablation_configs(search, value_checkpoint=search.value_checkpoint))
+    progress = _ProblemProgress(len(problems) * rows)
+    try:
+        if args.compare:
+            report = compare(
+                engine,
+                methods=methods,
+                problems=problems,
+                components=components,
+                settings=settings,
+                out_dir=args.out,
+                on_problem=progress,
+                on_run_created=_announce,
+                meta=meta,
+            )
+        elif args.ablation:
+
+            def make_components(config):
+                return build_components(
+                    config, model=model, policy=components.policy, rollout_policy=components.rollout_policy
+                )
+
+            report = run_ablation(
+                engine,
+                problems=problems,
+                settings=settings,
+                make_components=make_components,
+                out_dir=args.out,
+                value_checkpoint=search.value_checkpoint,
+                on_problem=progress,
+                on_run_created=_announce,
+                meta=meta,
+            )
+        else:
+            result = evaluate(
+                engine,
+                method=methods[0],
+                problems=problems,
+                components=components,
+                settings=settings,
+                run_id=args.resume,
+                on_problem=lambda record, done, total: progress(methods[0], record, done, total),
+                meta=meta,
+                on_run_created=_announce,
+            )
+    finally:
+        progress.close()
+    if args.compare or args.ablation:
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "results": [
+                            {"label": label, **result.to_dict()}
+                            for label, result in zip(report.labels, report.results, strict=True)
+                        ],
+                        "table": str(report.table),
+                        "html": str(report.html),
+                        "png": str(report.png) if report.png else None,
+                        "png_note": report.png_note,
+                    }
+                )
+            )
+        else:
+            print(results_table(report.results, labels=report.labels), end="")
+            print(f"wrote {report.table} and {report.html}; {report.png_note}")
+        return 0
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        accuracy = "n/a" if result.accuracy is None else f"{result.accuracy:.1%}"
+        print(
+            f"run {result.run_id} {result.method}: accuracy {accuracy} on {result.n} problems; "
+            f"{result.generated_tokens:.1f} generated and {result.prefill_tokens:.1f} prefill tokens "
+            f"per problem; {result.seconds:.1f} s"
+        )
+    return 0

@@ -1,0 +1,450 @@
+"""Evaluation on fakes: storage shape per method, resume, compare report, ablation, ``cmd_eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+from sqlmodel import Session, select
+
+from engine.api import Components, RunNotResumable, search_problem
+from engine.baselines import EvalSettings
+from engine.config import ConfigError, SearchConfig
+from engine.critics import Critics
+from engine.evaluate import ablation_configs, check_resumable, compare, evaluate, run_ablation
+from engine.types import Option, Problem
+from store import schema
+from store.db import make_engine
+from tests.fakes import FakeORM, FakePolicy, FakePRM, exact_similarity
+
+PROBLEMS = [
+    Problem(
+        question=f"Tom has 3 apples and buys 4 more ({i}). How many apples?",
+        answer="7",
+        task="arithmetic",
+        index=i,
+    )
+    for i in range(4)
+]
+
+
+def _components(policy: FakePolicy | None = None, config: SearchConfig | None = None) -> Components:
+    policy = policy or FakePolicy()
+    config = config or SearchConfig()
+    critics = Critics(
+        prm=FakePRM() if config.weight_prm > 0 else None,
+        orm=FakeORM() if config.weight_orm > 0 else None,
+    )
+    similarity = None if config.similarity == "off" else exact_similarity
+    info = {name: {"active": weight > 0} for name, weight in critics.weights(config).items()}
+    return Components(policy, policy, critics, similarity, info)
+
+
+def _settings(**overrides) -> EvalSettings:
+    search = SearchConfig(simulations=6, seed=3, similarity="edit", rollouts=1)
+    return EvalSettings(**{"samples": 4, "beam_width": 2, "beam_k": 2, "search": search, **overrides})
+
+
+@pytest.fixture
+def engine(tmp_path):
+    return make_engine(f"sqlite:///{tmp_path / 'eval.db'}")
+
+
+def _rows(engine, run_id: int):
+    with Session(engine) as session:
+        run = session.get(schema.Run, run_id)
+        trees = session.exec(
+            select(schema.Tree).where(schema.Tree.run_id == run_id).order_by(schema.Tree.id)
+        ).all()
+        nodes = {
+            tree.id: session.exec(
+                select(schema.Node).where(schema.Node.tree_id == tree.id).order_by(schema.Node.index)
+            ).all()
+            for tree in trees
+        }
+    return run, trees, nodes
+
+
+@pytest.mark.parametrize("method", ["greedy", "self-consistency", "best-of-n", "beam", "mcts"])
+def test_each_method_stores_one_eval_run_with_a_tree_per_problem(engine, method) -> None:
+    result = evaluate(
+        engine, method=method, problems=PROBLEMS[:2], components=_components(), settings=_settings()
+    )
+    run, trees, nodes = _rows(engine, result.run_id)
+    assert (run.kind, run.method, run.status, run.model) == ("eval", method, "completed", "fake")
+    assert run.config["settings"] == _settings().to_dict()
+    assert len(trees) == 2 and all(tree.status == "completed" for tree in trees)
+    assert run.generated_tokens == sum(tree.generated_tokens for tree in trees) > 0
+    for tree, record in zip(trees, result.records, strict=True):
+        rows = nodes[tree.id]
+        assert record.tree_id == tree.id and record.answer == tree.answer
+        assert tree.correct == (tree.answer == "7")
+        assert tree.chosen_path[0] == 0 and tree.node_count == len(rows)
+        assert [row.index for row in rows] == list(range(len(rows)))
+        chosen = rows[tree.chosen_path[-1]]
+        if tree.answer is not None:
+            assert chosen.answer == tree.answer and chosen.terminal
+        children = [row for row in rows if row.parent_index == 0]
+        if method == "greedy":
+            assert len(rows) == 2 and rows[1].terminal and rows[1].prior == 1.0
+        if method in ("self-consistency", "best-of-n"):
+            assert len(children) == 4 and len(rows) == 5
+            assert all(row.terminal and row.option_text for row in children)
+            assert sum(row.prior for row in children) == pytest.approx(1.0)
+        if method == "best-of-n":
+            assert all(row.orm_score in (0.0, 1.0) for row in children)
+            assert tree.answers["orm"] == tree.answer and "vote" in tree.answers
+        if method == "beam":
+            assert all(row.prm_score is not None for row in rows[1:])
+            assert len(rows) > 3
+        if method == "mcts":
+            assert tree.simulations_done == 6 and len(rows) > 3
+    assert result.n == 2
+    assert result.accuracy == sum(bool(tree.correct) for tree in trees) / 2
+    assert result.generated_tokens == sum(tree.generated_tokens for tree in trees) / 2
+
+
+def test_the_greedy_answer_is_scored_against_the_gold(engine) -> None:
+    problems = [Problem("q1", "7", "arithmetic", 0), Problem("q2", "8", "arithmetic", 1)]
+
+    class Sevens(FakePolicy):
+        def complete(self, states, *, n, termination, max_tokens, temperature, seed):
+            ids = self.tokenizer.encode("The answer is 7.\n")
+            self._stats.generated_tokens += len(ids)
+            return [[Option("The answer is 7.\n", ids, -1.0, -0.2, True, "eos")]]
+
+    result = evaluate(
+        engine, method="greedy", problems=problems, components=_components(Sevens()), settings=_settings()
+    )
+    assert [record.correct for record in result.records] == [True, False]
+    assert result.accuracy == 0.5 and result.generated_tokens == 4.0
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingPolicy(FakePolicy):
+    """Dies at the n-th call to the model (``complete`` or ``propose``)."""
+
+    def __init__(self, crash_at: int) -> None:
+        super().__init__()
+        self.crash_at = crash_at
+
+    def _maybe_crash(self) -> None:
+        if len(self.calls) == self.crash_at:
+            raise _Crash("killed")
+
+    def propose(self, state, **kwargs):
+        self._maybe_crash()
+        return super().propose(state, **kwargs)
+
+    def complete(self, states, **kwargs):
+        self._maybe_crash()
+        return super().complete(states, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["self-consistency", "mcts"])
+def test_an_interrupted_eval_resumes_where_it_stopped(engine, method) -> None:
+    settings = _settings()
+    crash_at = 2 if method == "self-consistency" else 9
+    with pytest.raises(_Crash):
+        evaluate(
+            engine,
+            method=method,
+            problems=PROBLEMS,
+            components=_components(_CrashingPolicy(crash_at)),
+            settings=settings,
+        )
+    with Session(engine) as session:
+        run = session.exec(select(schema.Run)).one()
+        trees = session.exec(select(schema.Tree)).all()
+    assert run.status == "failed" and "killed" in run.error
+    done_before = [tree.id for tree in trees if tree.status == "completed"]
+    assert 0 < len(done_before) < len(PROBLEMS)
+    if method == "mcts":
+        partial = [tree for tree in trees if tree.status != "completed"]
+        assert len(partial) == 1 and partial[0].simulations_done > 0, "the crash came mid-tree"
+
+    seen = []
+    resumed = evaluate(
+        engine,
+        method=method,
+        problems=PROBLEMS,
+        components=_components(),
+        settings=settings,
+        run_id=run.id,
+        on_problem=lambda record, done, total: seen.append((record.from_store, done, total)),
+    )
+    whole = evaluate(engine, method=method, problems=PROBLEMS, components=_components(), settings=settings)
+    _, trees, nodes = _rows(engine, run.id)
+    assert len(trees) == len(PROBLEMS), "no problem is stored twice"
+    assert [tree.id for tree in trees[: len(done_before)]] == done_before
+    assert [from_store for from_store, _, _ in seen] == [True] * len(done_before) + [False] * (
+        len(PROBLEMS) - len(done_before)
+    )
+    assert seen[-1][1:] == (len(PROBLEMS), len(PROBLEMS))
+    assert resumed.accuracy == whole.accuracy and resumed.n == whole.n == len(PROBLEMS)
+    assert [r.answer for r in resumed.records] == [r.answer for r in whole.records]
+    assert resumed.generated_tokens == whole.generated_tokens, "a resumed tree draws what the whole one drew"
+    _, whole_trees, whole_nodes = _rows(engine, whole.run_id)
+    for tree, other in zip(trees, whole_trees, strict=True):
+        assert [n.option_text for n in nodes[tree.id]] == [n.option_text for n in whole_nodes[other.id]]
+    with Session(engine) as session:
+        assert session.get(schema.Run, run.id).status == "completed"
+
+
+def test_resume_refuses_another_method_other_settings_or_a_search_run(engine) -> None:
+    result = evaluate(
+        engine, method="greedy", problems=PROBLEMS[:1], components=_components(), settings=_settings()
+    )
+    with pytest.raises(RunNotResumable, match="evaluated greedy, not mcts"):
+        check_resumable(engine, result.run_id, method="mcts", settings=_settings())
+    with pytest.raises(RunNotResumable, match="other settings"):
+        check_resumable(engine, result.run_id, method="greedy", settings=_settings(samples=9))
+    with pytest.raises(RunNotResumable, match="no run with id 77"):
+        evaluate(
+            engine,
+            method="greedy",
+            problems=PROBLEMS,
+            components=_components(),
+            settings=_settings(),
+            run_id=77,
+        )
+    search = search_problem(
+        engine,
+        PROBLEMS[0],
+        model="fake",
+        config=SearchConfig(simulations=2, similarity="edit"),
+        components=_components(),
+    )
+    with pytest.raises(RunNotResumable, match="not an evaluation"):
+        check_resumable(engine, search.run_id, method="mcts", settings=_settings())
+
+
+def test_bad_requests_are_config_errors(engine) -> None:
+    with pytest.raises(ConfigError, match="unknown method 'sampling'"):
+        evaluate(engine, method="sampling", problems=PROBLEMS, components=_components(), settings=_settings())
+    with pytest.raises(ConfigError, match="no problems"):
+        evaluate(engine, method="greedy", problems=[], components=_components(), settings=_settings())
+    no_prm = _components(config=SearchConfig(weight_prm=0))
+    with pytest.raises(ConfigError, match="PRM-guided"):
+        evaluate(engine, method="beam", problems=PROBLEMS, components=no_prm, settings=_settings())
+    with Session(engine) as session:
+        assert session.exec(select(schema.Run)).all() == [], "nothing is written for a bad request"
+
+
+def test_compare_runs_every_method_on_the_same_problems_and_writes_the_report(engine, tmp_path) -> None:
+    methods = ["greedy", "self-consistency", "best-of-n", "mcts"]
+    report = compare(
+        engine,
+        methods=methods,
+        problems=PROBLEMS[:2],
+        components=_components(),
+        settings=_settings(),
+        out_dir=tmp_path / "report",
+    )
+    assert [result.method for result in report.results] == methods
+    with Session(engine) as session:
+        trees = session.exec(select(schema.Tree)).all()
+    assert len({tree.problem_id for tree in trees}) == 2 and len(trees) == 8
+    table = report.table.read_text()
+    for method, result in zip(methods, report.results, strict=True):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {method} |"))
+        assert f"| {result.generated_tokens:.1f} |" in row and f"| {result.run_id} |" in row
+    html = report.html.read_text()
+    assert "plotly" in html.lower() and "accuracy" in html and "mean generated tokens per problem" in html
+    assert len(html) > 1_000_000, "plotly.js is inlined so the chart opens offline"
+    assert (report.png is None) == ("no PNG" in report.png_note)
+    with pytest.raises(ConfigError, match="unknown method"):
+        compare(
+            engine,
+            methods=["greedy", "nope"],
+            problems=PROBLEMS,
+            components=_components(),
+            settings=_settings(),
+            out_dir=tmp_path,
+        )
+
+
+def test_ablation_configs_add_one_component_per_row() -> None:
+    base = SearchConfig(similarity="edit", rollouts=2)
+    rows = ablation_configs(base)
+    names = [name for name, _ in rows]
+    assert names == [
+        "MCTS, all components off",
+        "+ adaptive branching",
+        "+ similarity filter",
+        "+ PRM",
+        "+ rollouts + ORM",
+        "+ tool checker",
+    ]
+    plain = rows[0][1]
+    assert (plain.root_max_children, plain.max_children, plain.branching_alpha) == (3, 2, 0.0)
+    assert plain.similarity == "off" and plain.rollouts == 0
+    assert (plain.weight_prm, plain.weight_orm, plain.weight_value, plain.weight_tool) == (0, 0, 0, 0)
+    configs = dict(rows)
+    assert (
+        configs["+ adaptive branching"].max_children == 4
+        and configs["+ adaptive branching"].similarity == "off"
+    )
+    assert (
+        configs["+ similarity filter"].similarity == "edit" and configs["+ similarity filter"].weight_prm == 0
+    )
+    assert configs["+ PRM"].weight_prm == 1.0 and configs["+ PRM"].rollouts == 0
+    assert configs["+ rollouts + ORM"].rollouts == 2 and configs["+ rollouts + ORM"].weight_orm == 1.0
+    assert configs["+ tool checker"].weight_tool == 1.0 and configs["+ tool checker"].weight_value == 0
+    with_value = ablation_configs(base, value_checkpoint="/ckpt")
+    assert [name for name, _ in with_value][5] == "+ value head"
+    assert with_value[5][1].value_checkpoint == "/ckpt" and with_value[5][1].weight_value == 1.0
+    assert all(
+        config.seed == base.seed and config.simulations == base.simulations for _, config in with_value
+    )
+
+
+def test_run_ablation_evaluates_each_row_and_writes_the_table(engine, tmp_path) -> None:
+    built: list[SearchConfig] = []
+
+    def make_components(config: SearchConfig) -> Components:
+        built.append(config)
+        return _components(config=config)
+
+    report = run_ablation(
+        engine,
+        problems=PROBLEMS[:2],
+        settings=_settings(),
+        make_components=make_components,
+        out_dir=tmp_path,
+    )
+    assert len(report.results) == len(built) == 6
+    assert built[0].similarity == "off" and built[-1].weight_tool == 1.0
+    with Session(engine) as session:
+        runs = session.exec(select(schema.Run).order_by(schema.Run.id)).all()
+    assert [run.config["meta"]["ablation"] for run in runs] == report.labels
+    assert runs[0].config["settings"]["search"]["rollouts"] == 0
+    assert all(run.method == "mcts" and run.kind == "eval" for run in runs)
+    table = (tmp_path / "ablation.md").read_text()
+    assert all(f"| {label} |" in table for label in report.labels)
+    assert (tmp_path / "ablation.html").exists()
+
+
+# -- the command ------------------------------------------------------------------
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    from canopy.eval_cmd import add_eval_parser
+
+    parser = argparse.ArgumentParser(prog="canopy")
+    add_eval_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["eval", *argv])
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    """``cmd_eval`` with the fake policy and critics in place of a loaded model."""
+    import engine.api
+
+    def build(config, *, model, rollout_model=None, policy=None, rollout_policy=None):
+        return _components(policy, config)
+
+    monkeypatch.setattr(engine.api, "build_components", build)
+
+
+def test_cmd_eval_json_and_resume(tmp_path, capsys, fake_model) -> None:
+    from canopy.eval_cmd import cmd_eval
+
+    db = str(tmp_path / "cli.db")
+    common = ["--model", "smollm2-135m", "--n-problems", "3", "--offset", "2", "--db", db, "--json"]
+    assert cmd_eval(_args("--method", "self-consistency", "--samples", "3", "--seed", "5", *common)) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"method", "accuracy", "n", "generated_tokens", "seconds", "run_id", "records"} <= out.keys()
+    assert out["method"] == "self-consistency" and out["n"] == 3
+    assert [record["index"] for record in out["records"]] == [2, 3, 4]
+    engine = make_engine(db)
+    with Session(engine) as session:
+        run = session.get(schema.Run, out["run_id"])
+        nodes = session.exec(select(schema.Node)).all()
+    assert run.config["settings"]["samples"] == 3 and run.config["settings"]["search"]["seed"] == 5
+    assert run.config["meta"]["problems"]["offset"] == 2
+    assert len(nodes) == 3 * 4
+
+    assert cmd_eval(_args("--resume", str(out["run_id"]), "--db", db, "--json")) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["run_id"] == out["run_id"] and again["accuracy"] == out["accuracy"]
+    assert all(record["from_store"] for record in again["records"])
+
+
+def test_cmd_eval_compare_writes_the_report(tmp_path, capsys, fake_model) -> None:
+    from canopy.eval_cmd import cmd_eval
+
+    out_dir = tmp_path / "report"
+    argv = [
+        "--compare",
+        "greedy,best-of-n",
+        "--n-problems",
+        "2",
+        "--db",
+        str(tmp_path / "c.db"),
+        "--out",
+        str(out_dir),
+    ]
+    assert cmd_eval(_args(*argv, "--model", "smollm2-135m")) == 0
+    printed = capsys.readouterr().out
+    assert "| greedy |" in printed and "| best-of-n |" in printed
+    assert (out_dir / "compare.md").exists() and (out_dir / "compare.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "error", "message"),
+    [
+        (["--method", "greedy", "--n-problems", "0"], "UsageError", "--n-problems must be >= 1"),
+        (["--method", "greedy", "--offset", "-1"], "UsageError", "--offset must be >= 0"),
+        (["--compare", "greedy,sampling"], "UsageError", "unknown method"),
+        (["--compare", "greedy"], "UsageError", "at least two different methods"),
+        (["--method", "greedy", "--samples", "0"], "ConfigError", "samples must be >= 1"),
+        (["--method", "mcts", "--simulations", "0"], "ConfigError", "simulations must be >= 1"),
+        (["--method", "greedy", "--model", "no-such-model"], "ModelError", "unknown model"),
+        (
+            ["--method", "greedy", "--task", "arithmetic", "--data", "x.jsonl"],
+            "TaskError",
+            "takes no data path",
+        ),
+        (["--resume", "42"], "RunNotResumable", "no run with id 42"),
+    ],
+)
+def test_cmd_eval_bad_input_raises_the_project_errors(tmp_path, fake_model, argv, error, message) -> None:
+    from canopy.eval_cmd import cmd_eval
+
+    with pytest.raises(Exception, match=message) as caught:
+        cmd_eval(_args(*argv, "--db", str(tmp_path / "bad.db")))
+    assert type(caught.value).__name__ == error
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_and_self_consistency_smoke(tmp_path) -> None:
+    from engine.api import build_components
+    from engine.tasks import load_problems
+
+    config = SearchConfig(similarity="off", weight_prm=0, weight_orm=0, weight_tool=0)
+    components = build_components(config, model="smollm2-135m")
+    engine = make_engine(f"sqlite:///{tmp_path / 'smoke.db'}")
+    problems = load_problems("arithmetic", count=2)
+    settings = EvalSettings(samples=2, max_tokens=8, search=config)
+    first = evaluate(engine, method="greedy", problems=problems, components=components, settings=settings)
+    again = evaluate(engine, method="greedy", problems=problems[:1], components=components, settings=settings)
+    sampled = evaluate(
+        engine, method="self-consistency", problems=problems, components=components, settings=settings
+    )
+    assert first.n == sampled.n == 2
+    assert 0 < first.generated_tokens <= 8 and 0 < sampled.generated_tokens <= 16
+    assert first.prefill_tokens > 0
+    _, first_trees, first_nodes = _rows(engine, first.run_id)
+    _, _, again_nodes = _rows(engine, again.run_id)
+    [first_texts, *_] = [[node.option_text for node in rows] for rows in first_nodes.values()]
+    [again_texts] = [[node.option_text for node in rows] for rows in again_nodes.values()]
+    assert first_texts == again_texts and first_texts[1], "greedy is deterministic"
+    _, sampled_trees, sampled_nodes = _rows(engine, sampled.run_id)
+    assert all(len(rows) == 3 for rows in sampled_nodes.values())
+    assert all(tree.status == "completed" for tree in first_trees + sampled_trees)
