@@ -49,6 +49,9 @@ def add_eval_parser(subcommands) -> argparse.ArgumentParser:
     parser.add_argument("--n-problems", type=int, default=10, help="How many problems (>= 1).")
     parser.add_argument("--offset", type=int, default=0, help="Index of the first problem (>= 0).")
     parser.add_argument("--out", default="eval-report", help="Folder for --compare/--ablation reports.")
+    parser.add_argument(
+        "--no-png", action="store_true", help="Skip the report's PNG (its export starts a headless Chrome)."
+    )
     parser.add_argument("--config", help="TOML or JSON file of search settings.")
     parser.add_argument(
         "--db", help="Database URL or SQLite path (default: $CANOPY_DB or ~/.local/share/canopy)."
@@ -199,6 +202,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 components=components,
                 settings=settings,
                 out_dir=args.out,
+                png=not args.no_png,
                 on_problem=progress,
                 on_run_created=_announce,
                 meta=meta,
@@ -216,6 +220,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 settings=settings,
                 make_components=make_components,
                 out_dir=args.out,
+                png=not args.no_png,
                 value_checkpoint=search.value_checkpoint,
                 on_problem=progress,
                 on_run_created=_announce,

@@ -335,6 +335,7 @@ def accuracy_chart(results: Sequence[EvalResult], *, labels: Sequence[str] | Non
             text=list(labels),
             textposition="top center",
             marker={"size": 12},
+            cliponaxis=False,
             customdata=[result.run_id for result in results],
             hovertemplate=(
                 "%{text}<br>%{x:.0f} tokens<br>accuracy %{y:.1%}<br>run %{customdata}<extra></extra>"
@@ -345,7 +346,7 @@ def accuracy_chart(results: Sequence[EvalResult], *, labels: Sequence[str] | Non
         title=title,
         xaxis_title="mean generated tokens per problem",
         yaxis_title="accuracy",
-        yaxis={"range": [0, 1.05], "tickformat": ".0%"},
+        yaxis={"range": [-0.05, 1.15], "tickformat": ".0%"},
         template="plotly_white",
     )
     return figure
@@ -367,7 +368,13 @@ class Report:
 
 
 def write_report(
-    results: Sequence[EvalResult], *, labels: Sequence[str], out_dir: str | Path, name: str, title: str
+    results: Sequence[EvalResult],
+    *,
+    labels: Sequence[str],
+    out_dir: str | Path,
+    name: str,
+    title: str,
+    png: bool = True,
 ) -> Report:
     """Write ``<name>.md``, ``<name>.html`` (Plotly inlined, so it opens offline) and,
     where kaleido and a Chrome work, ``<name>.png``."""
@@ -383,16 +390,17 @@ def write_report(
     figure = accuracy_chart(results, labels=labels, title=title)
     html = out / f"{name}.html"
     figure.write_html(html, include_plotlyjs=True)
-    png: Path | None = out / f"{name}.png"
-    note = f"wrote {png}"
+    if not png:
+        return Report(list(results), list(labels), table, html, None, "no PNG: not asked for")
+    image: Path | None = out / f"{name}.png"
+    note = f"wrote {image}"
     try:
-        figure.write_image(png)
+        figure.write_image(image)
     except Exception as exc:  # noqa: BLE001 - any exporter failure means "no PNG", said plainly
-        png = None
-        note = f"no PNG: the image export needs kaleido and a Chrome ({type(exc).__name__}: {exc})".split(
-            "\n"
-        )[0]
-    return Report(list(results), list(labels), table, html, png, note)
+        image = None
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        note = f"no PNG: the image export needs kaleido (pip install kaleido) and a Chrome ({reason})"
+    return Report(list(results), list(labels), table, html, image, note)
 
 
 def compare(
@@ -406,8 +414,10 @@ def compare(
     on_problem: Callable[[str, ProblemRecord, int, int], None] | None = None,
     meta: dict[str, Any] | None = None,
     on_run_created: Callable[[int], None] | None = None,
+    png: bool = True,
 ) -> Report:
-    """Evaluate each method on the same problems (one run each) and write the report."""
+    """Evaluate each method on the same problems (one run each) and write the report
+    (``png=False`` skips the image export, which starts a headless Chrome)."""
     unknown = [method for method in methods if method not in METHODS]
     if unknown or not methods:
         raise ConfigError(
@@ -431,7 +441,12 @@ def compare(
             )
         )
     return write_report(
-        results, labels=list(methods), out_dir=out_dir, name="compare", title="Accuracy vs generated tokens"
+        results,
+        labels=list(methods),
+        out_dir=out_dir,
+        name="compare",
+        title="Accuracy vs generated tokens",
+        png=png,
     )
 
 
@@ -510,6 +525,7 @@ def run_ablation(
     on_problem: Callable[[str, ProblemRecord, int, int], None] | None = None,
     meta: dict[str, Any] | None = None,
     on_run_created: Callable[[int], None] | None = None,
+    png: bool = True,
 ) -> Report:
     """Evaluate MCTS under each of ``ablation_configs`` (one run per row) and write
     ``ablation.md`` / ``ablation.html``: component added -> accuracy, tokens."""
@@ -536,6 +552,7 @@ def run_ablation(
         out_dir=out_dir,
         name="ablation",
         title="MCTS ablation (AlphaLLM Table 3 style)",
+        png=png,
     )
 
 
