@@ -459,3 +459,26 @@ def test_smollm2_greedy_and_self_consistency_smoke(tmp_path) -> None:
     _, sampled_trees, sampled_nodes = _rows(engine, sampled.run_id)
     assert all(len(rows) == 3 for rows in sampled_nodes.values())
     assert all(tree.status == "completed" for tree in first_trees + sampled_trees)
+
+
+def test_cmd_eval_ablation_and_mcts(tmp_path, capsys, fake_model) -> None:
+    from canopy.eval_cmd import cmd_eval
+
+    db = str(tmp_path / "a.db")
+    common = ["--model", "smollm2-135m", "--n-problems", "1", "--simulations", "3", "--db", db, "--json"]
+    assert (
+        cmd_eval(_args("--ablation", "--out", str(tmp_path), "--no-png", "--similarity", "edit", *common))
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert [row["label"] for row in report["results"]][:2] == [
+        "MCTS, all components off",
+        "+ adaptive branching",
+    ]
+    assert all(row["method"] == "mcts" and row["n"] == 1 for row in report["results"])
+    assert report["png"] is None and report["table"].endswith("ablation.md")
+    assert cmd_eval(_args("--method", "mcts", *common)) == 0
+    result = json.loads(capsys.readouterr().out)
+    with Session(make_engine(db)) as session:
+        tree = session.get(schema.Tree, result["records"][0]["tree_id"])
+    assert tree.simulations_done == 3 and tree.node_count > 1
