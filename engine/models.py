@@ -313,6 +313,26 @@ def prepare_hf_dir(spec: ModelSpec, *, progress: ProgressFn | None = None) -> Pa
     return hf_dir
 
 
+def gguf_path(spec: ModelSpec, *, progress: ProgressFn | None = None) -> Path:
+    """The GGUF file behind ``spec``, for backends that read GGUF directly
+    (llama.cpp): a preset's shipped file (a chunked preset is assembled and
+    verified on first use) or a user's ``.gguf`` file.
+
+    Raises:
+        ModelError: an HF directory or hub id (no GGUF file), an embedding or
+            uninstalled preset, or a corrupt chunked download.
+    """
+    if spec.kind == "gguf":
+        return Path(spec.path)
+    if spec.kind == "preset":
+        return _preset_gguf(_policy_preset(spec), progress)
+    what = "a Hugging Face directory" if spec.kind == "hf_dir" else "a hub id"
+    raise ModelError(
+        f"{spec.name!r} is {what}, not a GGUF file; pass a .gguf file or a GGUF preset "
+        f"({', '.join(p.name for p in PRESETS.values() if p.role == 'policy')}), or use the hf backend"
+    )
+
+
 def prepare_preset(name: str, progress: ProgressFn | None = None) -> Path:
     """Make preset ``name`` ready to load and return its local path: the
     converted HF directory of a policy preset, or the embedding model's

@@ -1,0 +1,449 @@
+"""The ``llamacpp`` backend: GGUF files on a CPU through ``llama-cpp-python``.
+
+One llama.cpp context holds one sequence in its KV cache. Reaching a state
+reuses the longest common prefix of what the cache holds (llama.cpp drops the
+rest with ``kv_cache_seq_rm``, as ``Llama.generate`` does) and evaluates only
+the tail. Two byte-bounded LRU maps keep what a later visit needs:
+
+- next-token logits per state, so a state whose tokens are still in the KV
+  cache (a node's siblings share it) costs no evaluation at all;
+- KV snapshots of the children that a ``propose`` made
+  (``llama_state_seq_get_data`` for the one sequence, not the whole context),
+  so that expanding a child restores its cache instead of re-reading its option.
+
+Samples of one state run one after another (llama.cpp's batch API would need a
+sequence per sample and its own KV bookkeeping); between samples the cache is
+cut back to the state, which costs nothing. Tokens are drawn from the logits
+with a seeded numpy ``Generator``, so runs are deterministic under a seed and
+every token carries its log-probability at temperature 1.
+
+The value head needs hidden states, which this backend does not expose: a
+value model runs as its own HF model (``engine.policies.hf.HFPolicy`` loaded
+separately and passed as the ``reader`` of ``ValueHeadCritic``), so all three
+critics work with this policy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.policies.hf import SYSTEM_PROMPT
+from engine.types import Option, PolicyStats, TerminationFn
+
+_STOP_WORDS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>")
+
+
+class ByteLRU:
+    """LRU map from token-id states to values of known size, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._entries: OrderedDict[tuple[int, ...], tuple[Any, int]] = OrderedDict()
+        self._lengths: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, state: tuple[int, ...]) -> Any | None:
+        found = self._entries.get(state)
+        if found is None:
+            return None
+        self._entries.move_to_end(state)
+        return found[0]
+
+    def longest_prefix(self, state: tuple[int, ...]) -> tuple[int, Any | None]:
+        """The longest stored state that is a prefix of ``state`` (itself included)."""
+        for length in sorted(self._lengths, reverse=True):
+            if length <= len(state) and (value := self.get(state[:length])) is not None:
+                return length, value
+        return 0, None
+
+    def put(self, state: tuple[int, ...], value: Any, nbytes: int) -> None:
+        if state in self._entries or nbytes > self.max_bytes:
+            return
+        self._entries[state] = (value, nbytes)
+        self._lengths[len(state)] = self._lengths.get(len(state), 0) + 1
+        self.nbytes += nbytes
+        while self.nbytes > self.max_bytes:
+            old_state, (_, old_bytes) = self._entries.popitem(last=False)
+            self.nbytes -= old_bytes
+            self._lengths[len(old_state)] -= 1
+            if not self._lengths[len(old_state)]:
+                del self._lengths[len(old_state)]
+
+
+class GGUFVocab:
+    """The tokenizer and chat template of a GGUF model, read by llama.cpp.
+
+    Serves ``LlamaCppPolicy`` and, through a vocab-only ``Llama``, clients of
+    remote servers that need the same token ids and prompts.
+
+    Args:
+        llama: a ``llama_cpp.Llama`` (``vocab_only=True`` is enough).
+    """
+
+    def __init__(self, llama) -> None:
+        import llama_cpp
+
+        self.llama = llama
+        self.n_vocab = llama.n_vocab()
+        self._chat = self._chat_formatter()
+        vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        ids = {token for token in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, token)}
+        ids.add(llama.token_eos())
+        for word in _STOP_WORDS:
+            encoded = llama.tokenize(word.encode(), add_bos=False, special=True)
+            if len(encoded) == 1 and self.decode(encoded, special=True) == word:
+                ids.add(encoded[0])
+        self.eos_ids = frozenset(token for token in ids if token >= 0)
+        self.true_ids = self._word_ids(("True", " True", "true", " true"))
+        self.false_ids = self._word_ids(("False", " False", "false", " false"))
+
+    def _chat_formatter(self):
+        template = self.llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        model = self.llama._model
+
+        def token_text(token: int) -> str:
+            return model.token_get_text(token) if token >= 0 else ""
+
+        return Jinja2ChatFormatter(
+            template,
+            eos_token=token_text(self.llama.token_eos()),
+            bos_token=token_text(self.llama.token_bos()),
+            add_generation_prompt=True,
+        )
+
+    def chat_text(self, system: str, user: str) -> str:
+        """A chat turn ready for the assistant's reply, as text with its special
+        tokens written out (the GGUF's own template, rendered with jinja2 as
+        transformers does; a plain layout when the GGUF has none)."""
+        if self._chat is None:
+            return f"{system}\n\nQuestion: {user}\nAnswer:\n"
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return self._chat(messages=messages).prompt
+
+    def chat_ids(self, system: str, user: str) -> tuple[int, ...]:
+        return tuple(self.llama.tokenize(self.chat_text(system, user).encode(), add_bos=False, special=True))
+
+    def encode(self, text: str) -> tuple[int, ...]:
+        """Ids of plain ``text`` (special-token spellings stay text)."""
+        return tuple(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def decode(self, token_ids: Sequence[int], *, special: bool = False) -> str:
+        """Text of ``token_ids``; ``special`` writes special tokens out (for prompts)."""
+        return self.llama.detokenize(list(token_ids), special=special).decode("utf-8", errors="ignore")
+
+    def _word_ids(self, words: Sequence[str]) -> list[int]:
+        ids = set()
+        for word in words:
+            encoded = self.encode(word)
+            if len(encoded) == 1:
+                ids.add(encoded[0])
+        if not ids:
+            raise ValueError(f"the tokenizer has no single token for any of {list(words)}")
+        return sorted(ids)
+
+
+class LlamaCppPolicy:
+    """A GGUF model under llama.cpp as a ``Policy`` and as a True/False scorer.
+
+    Args:
+        model_path: the ``.gguf`` file.
+        name: shown in logs and stored with runs.
+        n_ctx: context window in tokens (prompt plus every option of a path).
+        n_threads: CPU threads for decoding and prompt reading; None uses half
+            the cores, as llama-cpp-python does. More threads than idle cores is
+            a trap: llama.cpp's threads spin-wait on each other, and on this
+            2-core machine with one other busy process 2 threads decoded 0.6
+            tok/s where 1 thread decoded 22.
+        seed: llama.cpp's seed (our sampling uses the per-call ``seed``).
+        logits_bytes: budget of the per-state logits LRU.
+        snapshot_bytes: budget of the per-child KV snapshots; 0 turns them off.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        name: str,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        seed: int = 0,
+        logits_bytes: int = 256 << 20,
+        snapshot_bytes: int = 1 << 30,
+    ) -> None:
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        threads = n_threads or max(1, (os.cpu_count() or 1) // 2)
+        self.llama = llama_cpp.Llama(
+            model_path=str(model_path),
+            n_ctx=n_ctx,
+            logits_all=False,
+            verbose=False,
+            seed=seed,
+            n_threads=threads,
+            n_threads_batch=threads,
+        )
+        self.name = name
+        self.n_vocab = self.llama.n_vocab()
+        self.n_ctx = n_ctx
+        self.logits = ByteLRU(logits_bytes)
+        self.snapshots = ByteLRU(snapshot_bytes)
+        self._kv: list[int] = []  # the tokens whose keys/values sequence 0 holds, in order
+        self._stats = PolicyStats()
+        self.vocab = GGUFVocab(self.llama)
+        self.eos_ids = self.vocab.eos_ids
+
+    # -- prompts -------------------------------------------------------------
+
+    def chat_ids(self, system: str, user: str) -> tuple[int, ...]:
+        """Token ids of a chat turn ready for the assistant's reply."""
+        return self.vocab.chat_ids(system, user)
+
+    def root_state(self, question: str) -> tuple[int, ...]:
+        return self.vocab.chat_ids(SYSTEM_PROMPT, question)
+
+    def extend(self, state: tuple[int, ...], text: str) -> tuple[int, ...]:
+        return state + self.vocab.encode(text)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.vocab.decode(token_ids)
+
+    def stats(self) -> PolicyStats:
+        return PolicyStats(**vars(self._stats))
+
+    # -- the KV cache --------------------------------------------------------
+
+    def reset_cache(self) -> None:
+        """Forget every cached state: the live KV cache, logits and snapshots
+        (for cold-cache measurements, or after using ``self.llama`` directly)."""
+        self.llama.reset()
+        self.llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+        self._kv = []
+        self.logits = ByteLRU(self.logits.max_bytes)
+        self.snapshots = ByteLRU(self.snapshots.max_bytes)
+
+    def _truncate(self, length: int) -> None:
+        if length < len(self._kv):
+            self.llama._ctx.kv_cache_seq_rm(-1, length, -1)
+            del self._kv[length:]
+
+    def _eval(self, tokens: Sequence[int]) -> np.ndarray:
+        """Append ``tokens`` to the cached sequence; the logits after the last one."""
+        if len(self._kv) + len(tokens) > self.n_ctx:
+            raise ValueError(
+                f"a state of {len(self._kv) + len(tokens)} tokens exceeds n_ctx={self.n_ctx}; "
+                "raise n_ctx or lower the search's token caps"
+            )
+        self.llama.n_tokens = len(self._kv)
+        self.llama.eval(list(tokens))
+        self._kv.extend(tokens)
+        pointer = self.llama._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
+
+    def _snapshot(self) -> bytes:
+        llama_cpp = self._llama_cpp
+        ctx = self.llama._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+        return bytes(buffer)[:written]
+
+    def _restore(self, state: tuple[int, ...], data: bytes) -> None:
+        llama_cpp = self._llama_cpp
+        self._truncate(0)
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if not llama_cpp.llama_state_seq_set_data(self.llama._ctx.ctx, buffer, len(data), 0):
+            raise RuntimeError("llama.cpp could not restore a KV snapshot")
+        self._kv = list(state)
+
+    def _common_prefix(self, state: tuple[int, ...]) -> int:
+        same = 0
+        for cached, token in zip(self._kv, state, strict=False):
+            if cached != token:
+                break
+            same += 1
+        return same
+
+    def state_logits(self, state: tuple[int, ...], *, scoring: bool = False) -> np.ndarray:
+        """Leave the KV cache holding exactly ``state``; the next-token logits.
+
+        Evaluates only what neither the live cache nor a snapshot covers;
+        ``scoring`` counts that work as the critics' rather than generation's.
+        """
+        if not state:
+            raise ValueError("a state needs at least one token")
+        same = self._common_prefix(state)
+        logits = self.logits.get(state)
+        if logits is None or same < len(state):
+            length, snapshot = self.snapshots.longest_prefix(state)
+            if snapshot is not None and length > same:
+                self._restore(state[:length], snapshot)
+                same = length
+        if logits is not None and same == len(state):
+            self._truncate(len(state))
+            self._stats.cached_tokens += len(state)
+            return logits
+        # Logits come from a decode, so at least the last token is evaluated.
+        start = min(same, len(state) - 1)
+        self._truncate(start)
+        logits = self._eval(state[start:])
+        if scoring:
+            self._stats.scoring_prefill_tokens += len(state) - start
+        else:
+            self._stats.prefill_tokens += len(state) - start
+        self._stats.cached_tokens += start
+        self.logits.put(state, logits, logits.nbytes)
+        return logits
+
+    # -- sampling ------------------------------------------------------------
+
+    def propose(
+        self,
+        state: tuple[int, ...],
+        *,
+        k: int,
+        termination: TerminationFn,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> list[Option]:
+        return self._sample([state], k, termination, max_tokens, temperature, seed, keep_states=True)[0]
+
+    def complete(
+        self,
+        states: Sequence[tuple[int, ...]],
+        *,
+        n: int,
+        termination: TerminationFn,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> list[list[Option]]:
+        return self._sample(states, n, termination, max_tokens, temperature, seed, keep_states=False)
+
+    def _sample(
+        self,
+        states: Sequence[tuple[int, ...]],
+        n: int,
+        termination: TerminationFn,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+        *,
+        keep_states: bool,
+    ) -> list[list[Option]]:
+        """Sample ``n`` continuations of each state, one after another.
+
+        With ``keep_states`` a continuation that did not end the solution has its
+        last token evaluated too, and the child's logits and KV snapshot are kept,
+        so expanding the child later evaluates nothing.
+        """
+        started = time.perf_counter()
+        generator = np.random.default_rng(seed)
+        results: list[list[Option]] = []
+        for state in states:
+            options = []
+            for _ in range(n):
+                logits = self.state_logits(state)
+                options.append(
+                    self._one(state, logits, termination, max_tokens, temperature, generator, keep_states)
+                )
+            results.append(options)
+        self._stats.generate_seconds += time.perf_counter() - started
+        return results
+
+    def _one(
+        self,
+        state: tuple[int, ...],
+        logits: np.ndarray,
+        termination: TerminationFn,
+        max_tokens: int,
+        temperature: float,
+        generator: np.random.Generator,
+        keep_states: bool,
+    ) -> Option:
+        tokens: list[int] = []
+        logprob_sum = 0.0
+        reason: str | None = None
+        while reason is None:
+            token, logprob = _draw(logits, temperature, generator)
+            tokens.append(token)
+            logprob_sum += logprob
+            if token in self.eos_ids:
+                reason = "eos"
+            elif stop := termination(self.decode(tokens)):
+                reason = stop
+            elif len(tokens) >= max_tokens:
+                reason = "token_cap"
+            if reason is None or (keep_states and reason != "eos"):
+                logits = self._eval([token])
+        self._stats.generated_tokens += len(tokens)
+        if keep_states and reason != "eos":
+            child = state + tuple(tokens)
+            self.logits.put(child, logits, logits.nbytes)
+            if self.snapshots.max_bytes > 0:
+                snapshot = self._snapshot()
+                self.snapshots.put(child, snapshot, len(snapshot))
+        return Option(
+            text=self.decode(tokens),
+            token_ids=tuple(tokens),
+            logprob_sum=logprob_sum,
+            logprob_mean=logprob_sum / len(tokens),
+            finished=reason == "eos",
+            stop_reason=reason,
+        )
+
+    # -- scoring -------------------------------------------------------------
+
+    def score_true(self, prompts: Sequence[tuple[str, str]]) -> list[float]:
+        """p("True") / (p("True") + p("False")) as the reply to each (system, user) prompt.
+
+        Prompts are read one after another; the KV cache keeps their common
+        prefix, so only each prompt's differing tail is evaluated.
+        """
+        scores = []
+        for system, user in prompts:
+            probs = _softmax(self.state_logits(self.chat_ids(system, user), scoring=True))
+            p_true = float(probs[self.vocab.true_ids].sum())
+            p_false = float(probs[self.vocab.false_ids].sum())
+            scores.append(p_true / max(p_true + p_false, 1e-12))
+        return scores
+
+    def last_hidden(self, states: Sequence[tuple[int, ...]]):
+        raise NotImplementedError(
+            "the llamacpp backend gives no hidden states; the value head runs on its own HF model: "
+            "load it with load_policy(model, backend='hf') and pass that as ValueHeadCritic's reader"
+        )
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max())
+    return shifted / shifted.sum()
+
+
+def _draw(logits: np.ndarray, temperature: float, generator: np.random.Generator) -> tuple[int, float]:
+    """One token at ``temperature`` (0 = greedy); its log-prob at temperature 1."""
+    logits = logits.astype(np.float64)
+    log_norm = logits.max() + np.log(np.exp(logits - logits.max()).sum())
+    if temperature <= 0:
+        token = int(np.argmax(logits))
+    else:
+        probs = _softmax(logits / temperature)
+        token = int(np.searchsorted(np.cumsum(probs), generator.random() * probs.sum(), side="right"))
+        token = min(token, len(probs) - 1)
+    return token, float(logits[token] - log_norm)
