@@ -14,7 +14,8 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from canopy.cli import DEFAULT_MODEL, UsageError, _add_search_settings, _log, _search_config
+# As a module, not its names: canopy.cli imports this module while it is itself being imported.
+import canopy.cli as cli
 from engine.baselines import BEAM_SCORES, METHODS, EvalSettings
 
 _SETTING_CHOICES = {"beam_score": BEAM_SCORES}
@@ -39,7 +40,9 @@ def add_eval_parser(subcommands) -> argparse.ArgumentParser:
         metavar="RUN_ID",
         help="Continue an interrupted eval run (with its own settings).",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="Preset, local HF dir, .gguf file or hub id.")
+    parser.add_argument(
+        "--model", default=cli.DEFAULT_MODEL, help="Preset, local HF dir, .gguf file or hub id."
+    )
     parser.add_argument("--rollout-model", help="Smaller/faster model for MCTS rollouts (default: --model).")
     parser.add_argument("--task", default="arithmetic", choices=("arithmetic", "gsm8k"))
     parser.add_argument("--data", help="GSM8K-format JSONL file (task gsm8k).")
@@ -72,7 +75,7 @@ def add_eval_parser(subcommands) -> argparse.ArgumentParser:
         else:
             kwargs["type"] = type(default)
         group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
-    _add_search_settings(parser)
+    cli._add_search_settings(parser)
     return parser
 
 
@@ -80,7 +83,7 @@ def _eval_settings(args: argparse.Namespace) -> EvalSettings:
     baseline = {
         field.name: getattr(args, field.name) for field in fields(EvalSettings) if field.name != "search"
     }
-    return EvalSettings(**baseline, search=_search_config(args))
+    return EvalSettings(**baseline, search=cli._search_config(args))
 
 
 def _methods(args: argparse.Namespace) -> list[str]:
@@ -91,19 +94,21 @@ def _methods(args: argparse.Namespace) -> list[str]:
     methods = [name.strip() for name in args.compare.split(",") if name.strip()]
     unknown = [name for name in methods if name not in METHODS]
     if unknown:
-        raise UsageError(
+        raise cli.UsageError(
             f"--compare: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}"
         )
     if len(methods) < 2 or len(set(methods)) != len(methods):
-        raise UsageError("--compare needs at least two different methods, e.g. greedy,self-consistency,mcts")
+        raise cli.UsageError(
+            "--compare needs at least two different methods, e.g. greedy,self-consistency,mcts"
+        )
     return methods
 
 
 def _selection(args: argparse.Namespace) -> dict[str, Any]:
     if args.n_problems < 1:
-        raise UsageError(f"--n-problems must be >= 1, got {args.n_problems}")
+        raise cli.UsageError(f"--n-problems must be >= 1, got {args.n_problems}")
     if args.offset < 0:
-        raise UsageError(f"--offset must be >= 0, got {args.offset}")
+        raise cli.UsageError(f"--offset must be >= 0, got {args.offset}")
     return {
         "task": args.task,
         "data": str(Path(args.data).resolve()) if args.data else None,
@@ -151,7 +156,7 @@ class _ProblemProgress:
 
 
 def _announce(run_id: int) -> None:
-    _log(f"eval run {run_id} started; if it stops, continue with `canopy eval --resume {run_id}`")
+    cli._log(f"eval run {run_id} started; if it stops, continue with `canopy eval --resume {run_id}`")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -186,7 +191,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "mcts" not in methods:
         # Baselines never consult the similarity filter: don't load an embedding model for it.
         search = search.with_overrides(similarity="off")
-    _log(f"loading {model} ...")
+    cli._log(f"loading {model} ...")
     components = build_components(search, model=model, rollout_model=rollout_model)
     meta = {"problems": selection}
     rows = len(methods)

@@ -482,3 +482,32 @@ def test_cmd_eval_ablation_and_mcts(tmp_path, capsys, fake_model) -> None:
     with Session(make_engine(db)) as session:
         tree = session.get(schema.Tree, result["records"][0]["tree_id"])
     assert tree.simulations_done == 3 and tree.node_count > 1
+
+
+def _eval_is_wired() -> bool:
+    from canopy.cli import make_parser
+
+    try:
+        make_parser().parse_args(["eval", "--method", "greedy"])
+    except SystemExit:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _eval_is_wired(), reason="canopy.cli does not wire `canopy eval` in yet")
+def test_canopy_eval_bad_input_through_the_real_command(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    db = tmp_path / "cli.db"
+    for argv, message in (
+        (["--method", "greedy", "--n-problems", "0"], "canopy: error: --n-problems must be >= 1, got 0\n"),
+        (["--resume", "5"], "canopy: error: no run with id 5 in this database (see `canopy trees`)\n"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "canopy", "eval", *argv, "--db", str(db)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert (done.returncode, done.stderr, done.stdout) == (2, message, "")
