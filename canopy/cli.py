@@ -13,6 +13,7 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any
 
+from canopy.eval_cmd import add_eval_parser, cmd_eval
 from engine.config import (
     ANSWER_SELECTIONS,
     SELECTIONS,
@@ -98,6 +99,8 @@ def make_parser() -> argparse.ArgumentParser:
     prepare = models_commands.add_parser("prepare", help="Assemble/convert a preset into the cache.")
     prepare.add_argument("name")
     models.add_argument("--json", action="store_true")
+
+    add_eval_parser(commands)
 
     app = commands.add_parser("app", help="Start the Streamlit app (binds 127.0.0.1).")
     app.add_argument("--db", help="Database URL or SQLite path.")
@@ -282,7 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     from engine.tasks import TaskError
     from store.db import StoreError
 
-    handlers = {"search": cmd_search, "trees": cmd_trees, "models": cmd_models, "app": cmd_app}
+    handlers = {
+        "search": cmd_search,
+        "eval": cmd_eval,
+        "trees": cmd_trees,
+        "models": cmd_models,
+        "app": cmd_app,
+    }
     try:
         return handlers[args.command](args)
     except (
