@@ -17,6 +17,7 @@ from typing import Any
 # As a module, not its names: canopy.cli imports this module while it is itself being imported.
 import canopy.cli as cli
 from engine.baselines import BEAM_SCORES, METHODS, EvalSettings
+from engine.policies import BACKENDS
 
 _SETTING_CHOICES = {"beam_score": BEAM_SCORES}
 
@@ -44,6 +45,8 @@ def add_eval_parser(subcommands) -> argparse.ArgumentParser:
         "--model", default=cli.DEFAULT_MODEL, help="Preset, local HF dir, .gguf file or hub id."
     )
     parser.add_argument("--rollout-model", help="Smaller/faster model for MCTS rollouts (default: --model).")
+    parser.add_argument("--backend", default="hf", choices=BACKENDS, help="Inference backend (default: hf).")
+    parser.add_argument("--base-url", help="Completions server of the openai backend.")
     parser.add_argument("--task", default="arithmetic", choices=("arithmetic", "gsm8k"))
     parser.add_argument("--data", help="GSM8K-format JSONL file (task gsm8k).")
     parser.add_argument("--split", default="test", choices=("train", "test"))
@@ -163,6 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from engine.api import build_components
     from engine.evaluate import ablation_configs, compare, eval_run, evaluate, results_table, run_ablation
     from engine.models import resolve_model
+    from engine.policies import load_policy
     from store.db import make_engine
 
     if args.resume is not None:
@@ -177,11 +181,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         settings = EvalSettings.from_dict(run.config["settings"])
         selection = run.config["meta"]["problems"]
         methods, model, rollout_model = [run.method], run.model, run.rollout_model
+        backend = run.config["meta"].get("backend", {"name": "hf", "base_url": None})
     else:
         methods = _methods(args)
         selection = _selection(args)
         settings = _eval_settings(args)
         model, rollout_model = args.model, args.rollout_model
+        backend = {"name": args.backend, "base_url": args.base_url}
         for name in filter(None, (model, rollout_model)):
             resolve_model(name)
         engine = None
@@ -192,8 +198,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         # Baselines never consult the similarity filter: don't load an embedding model for it.
         search = search.with_overrides(similarity="off")
     cli._log(f"loading {model} ...")
-    components = build_components(search, model=model, rollout_model=rollout_model)
-    meta = {"problems": selection}
+    policy = load_policy(model, backend=backend["name"], base_url=backend["base_url"])
+    rollout_policy = None
+    if rollout_model and rollout_model != model:
+        rollout_policy = load_policy(rollout_model, backend=backend["name"], base_url=backend["base_url"])
+    components = build_components(
+        search, model=model, rollout_model=rollout_model, policy=policy, rollout_policy=rollout_policy
+    )
+    meta = {"problems": selection, "backend": backend}
     rows = len(methods)
     if args.ablation:
         rows = len(ablation_configs(search, value_checkpoint=search.value_checkpoint))

@@ -354,11 +354,20 @@ def _args(*argv: str) -> argparse.Namespace:
 def fake_model(monkeypatch):
     """``cmd_eval`` with the fake policy and critics in place of a loaded model."""
     import engine.api
+    import engine.policies
+
+    loaded: list[tuple[str, str]] = []
+
+    def load(model, *, backend="hf", base_url=None):
+        loaded.append((model, backend))
+        return FakePolicy(name=model)
 
     def build(config, *, model, rollout_model=None, policy=None, rollout_policy=None):
         return _components(policy, config)
 
+    monkeypatch.setattr(engine.policies, "load_policy", load)
     monkeypatch.setattr(engine.api, "build_components", build)
+    return loaded
 
 
 def test_cmd_eval_json_and_resume(tmp_path, capsys, fake_model) -> None:
@@ -379,7 +388,10 @@ def test_cmd_eval_json_and_resume(tmp_path, capsys, fake_model) -> None:
     assert run.config["meta"]["problems"]["offset"] == 2
     assert len(nodes) == 3 * 4
 
-    assert cmd_eval(_args("--resume", str(out["run_id"]), "--db", db, "--json")) == 0
+    assert fake_model == [("smollm2-135m", "hf")]
+    assert run.config["meta"]["backend"] == {"name": "hf", "base_url": None}
+    assert cmd_eval(_args("--resume", str(out["run_id"]), "--db", db, "--json", "--backend", "llamacpp")) == 0
+    assert fake_model[-1] == ("smollm2-135m", "hf"), "a resumed run keeps its own backend"
     again = json.loads(capsys.readouterr().out)
     assert again["run_id"] == out["run_id"] and again["accuracy"] == out["accuracy"]
     assert all(record["from_store"] for record in again["records"])
