@@ -14,8 +14,6 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-# As a module, not its names: canopy.cli imports this module while it is itself being imported.
-import canopy.cli as cli
 from engine.baselines import BEAM_SCORES, METHODS, EvalSettings
 from engine.policies import BACKENDS
 
@@ -24,6 +22,8 @@ _SETTING_CHOICES = {"beam_score": BEAM_SCORES}
 
 def add_eval_parser(subcommands) -> argparse.ArgumentParser:
     """Add the ``eval`` subcommand to ``subcommands`` (argparse's subparsers)."""
+    from canopy import cli  # not at the top: canopy.cli imports this module
+
     parser = subcommands.add_parser(
         "eval", help="Evaluate a method, compare methods, or ablate MCTS on a problem set."
     )
@@ -83,6 +83,8 @@ def add_eval_parser(subcommands) -> argparse.ArgumentParser:
 
 
 def _eval_settings(args: argparse.Namespace) -> EvalSettings:
+    from canopy import cli  # not at the top: canopy.cli imports this module
+
     baseline = {
         field.name: getattr(args, field.name) for field in fields(EvalSettings) if field.name != "search"
     }
@@ -90,6 +92,8 @@ def _eval_settings(args: argparse.Namespace) -> EvalSettings:
 
 
 def _methods(args: argparse.Namespace) -> list[str]:
+    from canopy import cli  # not at the top: canopy.cli imports this module
+
     if args.method:
         return [args.method]
     if args.ablation:
@@ -108,6 +112,8 @@ def _methods(args: argparse.Namespace) -> list[str]:
 
 
 def _selection(args: argparse.Namespace) -> dict[str, Any]:
+    from canopy import cli  # not at the top: canopy.cli imports this module
+
     if args.n_problems < 1:
         raise cli.UsageError(f"--n-problems must be >= 1, got {args.n_problems}")
     if args.offset < 0:
@@ -159,10 +165,13 @@ class _ProblemProgress:
 
 
 def _announce(run_id: int) -> None:
+    from canopy import cli  # not at the top: canopy.cli imports this module
+
     cli._log(f"eval run {run_id} started; if it stops, continue with `canopy eval --resume {run_id}`")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from canopy import cli  # not at the top: canopy.cli imports this module
     from engine.api import build_components
     from engine.evaluate import ablation_configs, compare, eval_run, evaluate, results_table, run_ablation
     from engine.models import resolve_model

@@ -523,3 +523,12 @@ def test_canopy_eval_bad_input_through_the_real_command(tmp_path) -> None:
             timeout=120,
         )
         assert (done.returncode, done.stderr, done.stdout) == (2, message, "")
+
+
+def test_eval_cmd_imports_on_its_own() -> None:
+    import subprocess
+    import sys
+
+    code = "import canopy.eval_cmd, canopy.cli; assert 'eval' in canopy.cli.make_parser().format_help()"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
