@@ -22,6 +22,7 @@ from engine.config import (
     ConfigError,
     SearchConfig,
 )
+from engine.policies import BACKENDS
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
 EXIT_USAGE = 2
@@ -70,6 +71,8 @@ def make_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="Search one problem and store the tree.")
     search.add_argument("--model", default=DEFAULT_MODEL, help="Preset, local HF dir, .gguf file or hub id.")
     search.add_argument("--rollout-model", help="Smaller/faster model for rollouts (default: --model).")
+    search.add_argument("--backend", default="hf", choices=BACKENDS, help="Inference backend (default: hf).")
+    search.add_argument("--base-url", help="Completions server of the openai backend.")
     search.add_argument("--task", default="arithmetic", choices=("arithmetic", "gsm8k"))
     search.add_argument("--data", help="GSM8K-format JSONL file (task gsm8k).")
     search.add_argument("--split", default="test", choices=("train", "test"), help="Arithmetic split.")
@@ -165,6 +168,7 @@ class _Progress:
 def cmd_search(args: argparse.Namespace) -> int:
     from engine.api import build_components, resume_search, run_to_resume, search_problem
     from engine.models import resolve_model
+    from engine.policies import load_policy
     from store.db import make_engine
 
     if args.resume is not None:
@@ -180,7 +184,13 @@ def cmd_search(args: argparse.Namespace) -> int:
             resolve_model(name)
         engine = make_engine(args.db)
     _log(f"loading {model} ...")
-    components = build_components(config, model=model, rollout_model=rollout_model)
+    policy = load_policy(model, backend=args.backend, base_url=args.base_url)
+    rollout_policy = None
+    if rollout_model and rollout_model != model:
+        rollout_policy = load_policy(rollout_model, backend=args.backend, base_url=args.base_url)
+    components = build_components(
+        config, model=model, rollout_model=rollout_model, policy=policy, rollout_policy=rollout_policy
+    )
     done = tree_row.simulations_done if args.resume is not None else 0
     progress = _Progress(config.simulations, done)
     try:

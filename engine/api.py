@@ -61,9 +61,12 @@ def build_components(
     value_reason = "no value_checkpoint given"
     if config.value_checkpoint:
         from engine.critics.value import ValueHeadCritic, load_value_head
+        from engine.policies.hf import HFPolicy
 
         head, head_config = load_value_head(config.value_checkpoint)
-        value = ValueHeadCritic(head, policy)
+        # Only the hf backend reads hidden states; others get the value model as its own HF model.
+        reader = policy if isinstance(policy, HFPolicy) else load_policy(model, backend="hf")
+        value = ValueHeadCritic(head, reader)
         value_reason = f"checkpoint {config.value_checkpoint} (trained on {head_config.get('base_model')})"
     critics = Critics(
         value=value,
