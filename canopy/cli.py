@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"canopy: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("canopy: interrupted; resume with `canopy search --resume RUN_ID`", file=sys.stderr)
+        print(f"canopy: interrupted; resume with `canopy {args.command} --resume RUN_ID`", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

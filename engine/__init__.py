@@ -16,6 +16,7 @@ _EXPORTS = {
     "resume_search": "engine.api",
     "SearchResult": "engine.api",
     "load_policy": "engine.policies",
+    "evaluate": "engine.evaluate",
 }
 
 __all__ = sorted(_EXPORTS)
