@@ -20,12 +20,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from engine.prompts import SYSTEM_PROMPT
 from engine.types import Option, PolicyStats, TerminationFn
-
-SYSTEM_PROMPT = (
-    "You are a careful math tutor. Solve the problem step by step, one short step per line, "
-    "writing each calculation out (e.g. 3 * 4 = 12). Finish with a line 'The answer is N.'"
-)
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 

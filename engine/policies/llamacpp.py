@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.policies.hf import SYSTEM_PROMPT
+from engine.prompts import SYSTEM_PROMPT
 from engine.types import Option, PolicyStats, TerminationFn
 
 _STOP_WORDS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>")

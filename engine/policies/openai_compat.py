@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from engine.policies import BackendError
-from engine.policies.hf import SYSTEM_PROMPT
+from engine.prompts import SYSTEM_PROMPT
 from engine.types import Option, PolicyStats, TerminationFn
 
 _TRUE_WORDS = ("True", " True", "true", " true")

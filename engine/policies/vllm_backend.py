@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Sequence
 
-from engine.policies.hf import SYSTEM_PROMPT
+from engine.prompts import SYSTEM_PROMPT
 from engine.types import Option, PolicyStats, TerminationFn
 
 _TRUE_WORDS = ("True", " True", "true", " true")
