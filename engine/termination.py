@@ -7,7 +7,7 @@ configured ones. The token cap is applied by the policy itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Container, Sequence
 
 from engine.answers import extract_answer
 from engine.types import TerminationFn
@@ -37,6 +37,28 @@ def formula(text: str) -> str | None:
 def answer_stated(text: str) -> str | None:
     """Fires at the end of the line that states the final answer (for rollouts)."""
     return "answer" if text.endswith("\n") and extract_answer(text) is not None else None
+
+
+def stop_reason(
+    tokens: Sequence[int],
+    *,
+    eos_ids: Container[int],
+    termination: TerminationFn,
+    decode: Callable[[Sequence[int]], str],
+    max_tokens: int | None = None,
+) -> str | None:
+    """Why a continuation ends after its newest token, or None to go on.
+
+    End-of-sequence first, then the termination rule on the decoded text, then
+    the token cap; every backend's sampling loop asks this after each token.
+    """
+    if tokens[-1] in eos_ids:
+        return "eos"
+    if reason := termination(decode(tokens)):
+        return reason
+    if max_tokens is not None and len(tokens) >= max_tokens:
+        return "token_cap"
+    return None
 
 
 RULES = {"newline": newline, "blank_line": blank_line, "formula": formula, "answer": answer_stated}

@@ -64,6 +64,18 @@ class Option:
     finished: bool
     stop_reason: str
 
+    @classmethod
+    def sampled(cls, text: str, token_ids: Sequence[int], logprob_sum: float, stop_reason: str) -> Option:
+        """An option from a sampling loop: the mean and ``finished`` follow from the rest."""
+        return cls(
+            text=text,
+            token_ids=tuple(token_ids),
+            logprob_sum=logprob_sum,
+            logprob_mean=logprob_sum / len(token_ids),
+            finished=stop_reason == "eos",
+            stop_reason=stop_reason,
+        )
+
 
 @dataclass(frozen=True)
 class Rollout:

@@ -21,6 +21,7 @@ import torch
 from transformers import DynamicCache
 
 from engine.prompts import SYSTEM_PROMPT
+from engine.termination import stop_reason
 from engine.types import Option, PolicyStats, TerminationFn
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -274,12 +275,13 @@ class HFPolicy:
                     row = rows[pos]
                     tokens[row].append(token)
                     logprobs[row] += logprob
-                    if token in self.eos_ids:
-                        reasons[row] = "eos"
-                    elif reason := termination(self.decode(tokens[row])):
-                        reasons[row] = reason
-                    elif len(tokens[row]) >= max_tokens:
-                        reasons[row] = "token_cap"
+                    reasons[row] = stop_reason(
+                        tokens[row],
+                        eos_ids=self.eos_ids,
+                        termination=termination,
+                        decode=self.decode,
+                        max_tokens=max_tokens,
+                    )
             feed = [
                 pos
                 for pos, row in enumerate(rows)
@@ -313,14 +315,7 @@ class HFPolicy:
         self._stats.generated_tokens += sum(len(row_tokens) for row_tokens in tokens)
         self._stats.generate_seconds += time.perf_counter() - started
         options = [
-            Option(
-                text=self.decode(tokens[row]),
-                token_ids=tuple(tokens[row]),
-                logprob_sum=logprobs[row],
-                logprob_mean=logprobs[row] / len(tokens[row]),
-                finished=reasons[row] == "eos",
-                stop_reason=reasons[row] or "token_cap",
-            )
+            Option.sampled(self.decode(tokens[row]), tokens[row], logprobs[row], reasons[row])
             for row in range(total)
         ]
         return [options[i * n : (i + 1) * n] for i in range(len(states))]

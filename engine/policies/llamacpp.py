@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from engine.prompts import SYSTEM_PROMPT
+from engine.termination import stop_reason
 from engine.types import Option, PolicyStats, TerminationFn
 
 _STOP_WORDS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>")
@@ -384,12 +385,13 @@ class LlamaCppPolicy:
             token, logprob = _draw(logits, temperature, generator)
             tokens.append(token)
             logprob_sum += logprob
-            if token in self.eos_ids:
-                reason = "eos"
-            elif stop := termination(self.decode(tokens)):
-                reason = stop
-            elif len(tokens) >= max_tokens:
-                reason = "token_cap"
+            reason = stop_reason(
+                tokens,
+                eos_ids=self.eos_ids,
+                termination=termination,
+                decode=self.decode,
+                max_tokens=max_tokens,
+            )
             if reason is None or (keep_states and reason != "eos"):
                 logits = self._eval([token])
         self._stats.generated_tokens += len(tokens)
@@ -399,14 +401,7 @@ class LlamaCppPolicy:
             if self.snapshots.max_bytes > 0:
                 snapshot = self._snapshot()
                 self.snapshots.put(child, snapshot, len(snapshot))
-        return Option(
-            text=self.decode(tokens),
-            token_ids=tuple(tokens),
-            logprob_sum=logprob_sum,
-            logprob_mean=logprob_sum / len(tokens),
-            finished=reason == "eos",
-            stop_reason=reason,
-        )
+        return Option.sampled(self.decode(tokens), tokens, logprob_sum, reason)
 
     # -- scoring -------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 
 from engine.prompts import SYSTEM_PROMPT
+from engine.termination import stop_reason
 from engine.types import Option, PolicyStats, TerminationFn
 
 _TRUE_WORDS = ("True", " True", "true", " true")
@@ -142,22 +143,12 @@ class VLLMPolicy:
             tokens.append(token)
             entry = (sample.logprobs or [{}] * (index + 1))[index].get(token)
             total += entry.logprob if entry is not None and math.isfinite(entry.logprob) else 0.0
-            if token in self.eos_ids:
-                reason = "eos"
-            elif fired := termination(self.decode(tokens)):
-                reason = fired
+            reason = stop_reason(tokens, eos_ids=self.eos_ids, termination=termination, decode=self.decode)
             if reason:
                 break
         self._stats.generated_tokens += len(tokens)
         reason = reason or ("eos" if sample.finish_reason == "stop" else "token_cap")
-        return Option(
-            text=self.decode(tokens),
-            token_ids=tuple(tokens),
-            logprob_sum=min(total, 0.0),
-            logprob_mean=min(total, 0.0) / len(tokens),
-            finished=reason == "eos",
-            stop_reason=reason,
-        )
+        return Option.sampled(self.decode(tokens), tokens, min(total, 0.0), reason)
 
     def score_true(self, prompts: Sequence[tuple[str, str]]) -> list[float]:
         """p("True") / (p("True") + p("False")) of the first reply token, from its
