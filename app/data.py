@@ -17,7 +17,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from app.engine_info import answers_match
+from engine.calibration import verified_outcome
 from store.db import StoreError, default_db_url, make_engine, normalize_url
 from store.schema import FilteredOption, Iteration, Node, Problem, Run, SearchEvent, TrainingExample, Tree
 
@@ -332,21 +332,6 @@ def critic_nodes(url: str, run_ids: tuple[int, ...]) -> pd.DataFrame:
         for row in frame.itertuples(index=False)
     ]
     return frame.drop(columns=["rollouts"])
-
-
-def verified_outcome(terminal: bool, answer: str | None, rollouts: Any, gold: str | None) -> float | None:
-    """1.0/0.0 whether a node led to the gold answer, or None if unknown: a terminal
-    node's own answer; otherwise the majority of its rollouts' answers."""
-    if not present(gold):
-        return None
-    gold = str(gold)
-    if terminal and present(answer):
-        return float(answers_match(str(answer), gold))
-    answers = [r.get("answer") for r in rollouts or [] if isinstance(r, dict) and r.get("answer") is not None]
-    if not answers:
-        return None
-    hits = sum(answers_match(str(a), gold) for a in answers)
-    return 1.0 if hits * 2 >= len(answers) else 0.0
 
 
 @st.cache_data(ttl=2, show_spinner=False)

@@ -15,11 +15,17 @@ GROUPS = {
 }
 
 
+NOT_METRICS = ("config", "runs", "checkpoints", "done", "round", "seconds")
+"""Top-level keys the improve loop keeps in ``metrics`` for itself, not for charts."""
+
+
 def flatten(metrics: Any, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of nested dicts, keyed "a.b"."""
+    """Numeric leaves of nested dicts, keyed "a.b" (the loop's bookkeeping left out)."""
     flat: dict[str, float] = {}
     if isinstance(metrics, dict):
         for key, value in metrics.items():
+            if not prefix and key in NOT_METRICS:
+                continue
             flat.update(flatten(value, f"{prefix}{key}."))
     elif isinstance(metrics, int | float) and not isinstance(metrics, bool):
         flat[prefix.rstrip(".")] = float(metrics)

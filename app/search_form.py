@@ -27,7 +27,15 @@ SECTIONS: dict[str, tuple[str, list[str]]] = {
     "similarity": ("Similarity filter: drop near-duplicate siblings", ["similarity", "similarity_threshold"]),
     "critics": (
         "Critic weights",
-        ["weight_value", "weight_prm", "weight_orm", "weight_tool", "value_checkpoint"],
+        [
+            "weight_value",
+            "weight_prm",
+            "weight_orm",
+            "weight_tool",
+            "value_checkpoint",
+            "prm_checkpoint",
+            "orm_checkpoint",
+        ],
     ),
     "rollouts": (
         "Rollout policy: fast completions scored by the ORM",

@@ -14,6 +14,8 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from canopy.eval_cmd import add_eval_parser, cmd_eval
+from canopy.export_cmd import add_export_parser, cmd_export
+from canopy.improve_cmd import add_improve_parser, cmd_improve
 from engine.config import (
     ANSWER_SELECTIONS,
     SELECTIONS,
@@ -104,6 +106,8 @@ def make_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
 
     add_eval_parser(commands)
+    add_export_parser(commands)
+    add_improve_parser(commands)
 
     app = commands.add_parser("app", help="Start the Streamlit app (binds 127.0.0.1).")
     app.add_argument("--db", help="Database URL or SQLite path.")
@@ -298,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "search": cmd_search,
         "eval": cmd_eval,
+        "export": cmd_export,
+        "improve": cmd_improve,
         "trees": cmd_trees,
         "models": cmd_models,
         "app": cmd_app,
@@ -317,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"canopy: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"canopy: interrupted; resume with `canopy {args.command} --resume RUN_ID`", file=sys.stderr)
+        what = "ITERATION_ID" if args.command == "improve" else "RUN_ID"
+        print(f"canopy: interrupted; resume with `canopy {args.command} --resume {what}`", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -68,10 +68,13 @@ def build_components(
         reader = policy if isinstance(policy, HFPolicy) else load_policy(model, backend="hf")
         value = ValueHeadCritic(head, reader)
         value_reason = f"checkpoint {config.value_checkpoint} (trained on {head_config.get('base_model')})"
+    # A trained PRM/ORM is its own HF model; without one the policy answers the rubric itself.
+    prm_model = load_policy(config.prm_checkpoint, backend="hf") if config.prm_checkpoint else policy
+    orm_model = load_policy(config.orm_checkpoint, backend="hf") if config.orm_checkpoint else policy
     critics = Critics(
         value=value,
-        prm=GenerativePRM(policy) if config.weight_prm > 0 else None,
-        orm=GenerativeORM(policy) if config.weight_orm > 0 else None,
+        prm=GenerativePRM(prm_model) if config.weight_prm > 0 else None,
+        orm=GenerativeORM(orm_model) if config.weight_orm > 0 else None,
         tool=ArithmeticChecker() if config.weight_tool > 0 else None,
     )
     weights = critics.weights(config)
@@ -80,7 +83,8 @@ def build_components(
         for name in ("value", "prm", "orm", "tool")
     }
     info["value"]["source"] = value_reason
-    info["prm"]["source"] = info["orm"]["source"] = f"generative, on {model}"
+    info["prm"]["source"] = f"generative, on {config.prm_checkpoint or model}"
+    info["orm"]["source"] = f"generative, on {config.orm_checkpoint or model}"
     info["tool"]["source"] = "arithmetic checker (safe evaluator)"
     similarity = None if config.similarity == "off" else make_similarity(config.similarity)
     return Components(policy, rollout_policy, critics, similarity, info)

@@ -71,6 +71,14 @@ class SearchConfig:
     value_checkpoint: str | None = field(
         default=None, metadata=_help("Value-head checkpoint directory; without one its weight is 0.")
     )
+    prm_checkpoint: str | None = field(
+        default=None,
+        metadata=_help("Trained PRM model directory (canopy improve writes one); default: ask the policy."),
+    )
+    orm_checkpoint: str | None = field(
+        default=None,
+        metadata=_help("Trained ORM model directory (canopy improve writes one); default: ask the policy."),
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.termination, str | list):
@@ -145,6 +153,13 @@ class SearchConfig:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Settings from a TOML or JSON file (a flat table of ``SearchConfig`` fields)."""
+    data = read_settings_file(path)
+    SearchConfig.from_dict(data)
+    return data
+
+
+def read_settings_file(path: str | Path) -> dict[str, Any]:
+    """The table in a TOML or JSON file, top-level keys with "-" read as "_"; not validated."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -158,6 +173,4 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must hold a table of settings")
-    data = {key.replace("-", "_"): value for key, value in data.items()}
-    SearchConfig.from_dict(data)
-    return data
+    return {key.replace("-", "_"): value for key, value in data.items()}

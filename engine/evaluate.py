@@ -109,6 +109,7 @@ def evaluate(
     on_problem: Callable[[ProblemRecord, int, int], None] | None = None,
     meta: dict[str, Any] | None = None,
     on_run_created: Callable[[int], None] | None = None,
+    iteration_id: int | None = None,
 ) -> EvalResult:
     """Run ``method`` on every problem, storing each as a tree of one eval run.
 
@@ -119,6 +120,7 @@ def evaluate(
         meta: JSON-able facts stored with the run (e.g. how the problems were
             chosen, so a resume can choose them again).
         on_run_created: called with the new run's id before any problem runs.
+        iteration_id: the improve iteration this evaluation belongs to, if any.
 
     Raises:
         ConfigError: unknown method, no problems, or a method whose critic is off.
@@ -142,6 +144,7 @@ def evaluate(
             rollout_model=getattr(components.rollout_policy, "name", None),
             kind="eval",
             method=method,
+            iteration_id=iteration_id,
         )
         if on_run_created is not None:
             on_run_created(run_id)

@@ -223,10 +223,12 @@ def create_run(
     rollout_model: str | None = None,
     kind: str = "search",
     method: str = "mcts",
+    iteration_id: int | None = None,
 ) -> int:
     with Session(engine) as session:
         run = schema.Run(
             kind=kind,
+            iteration_id=iteration_id,
             method=method,
             model=model,
             rollout_model=rollout_model,

@@ -323,8 +323,9 @@ def test_improve_page_history_and_availability(seeded: SeedInfo, use_db) -> None
     app = open_page("views/improve.py")
     assert_clean(app)
     shown = " ".join(texts(app, "info") + texts(app, "markdown"))
-    if not (ROOT / "training" / "improve.py").exists():
-        assert "`canopy improve` is not available yet" in shown
+    assert "`canopy improve` is not available yet" not in shown
+    assert [b.label for b in app.button if b.label == "Start iteration"], "the launch form"
+    assert app.number_input(key="improve.train").value == 20
     assert len(app.get("plotly_chart")) == 3, "accuracy, data size and loss charts"
     assert "Iteration 2" in shown, "the running iteration's progress"
 

@@ -33,9 +33,46 @@ else:
         key="improve.model",
     )
     task = columns[1].selectbox("Task", ["arithmetic", "gsm8k"], key="improve.task")
-    extra = columns[2].text_input(
+    iterations = columns[2].number_input(
+        "Rounds",
+        min_value=1,
+        max_value=20,
+        value=1,
+        key="improve.iterations",
+        help="Improvement rounds after the starting model's own evaluation.",
+    )
+    columns = st.columns(3)
+    train_problems = columns[0].number_input(
+        "Training problems per round",
+        min_value=1,
+        value=20,
+        key="improve.train",
+        help="Each round searches this many fresh training problems and learns from the trees.",
+    )
+    eval_problems = columns[1].number_input(
+        "Held-out problems",
+        min_value=1,
+        value=20,
+        key="improve.eval",
+        help="Greedy and MCTS accuracy are measured on these, the same set every round.",
+    )
+    simulations = columns[2].number_input(
+        "Simulations per problem",
+        min_value=1,
+        value=16,
+        key="improve.simulations",
+    )
+    use_gold = st.checkbox(
+        "Use gold answers for labels",
+        value=True,
+        key="improve.gold",
+        help="Keep verified-correct trajectories for SFT and label the value head, PRM and ORM by "
+        "checking answers. Off: the critics pick the data (no ORM training).",
+    )
+    extra = st.text_input(
         "More `canopy improve` options",
         key="improve.extra",
+        placeholder="--sft-max-steps 50 --dpo",
         help="Passed to the command as typed; `canopy improve --help` lists them.",
     )
     job = st.session_state.get(JOB_KEY)
@@ -46,7 +83,13 @@ else:
         except ValueError as exc:
             st.error(f"Cannot read the extra options: {exc}")
         else:
-            arguments = ["improve", "--model", model, "--task", task, "--db", url, *extra_arguments]
+            arguments = [
+                "improve", "--model", model, "--task", task, "--db", url,
+                "--iterations", str(iterations), "--train-problems", str(train_problems),
+                "--eval-problems", str(eval_problems), "--simulations", str(simulations),
+                "--mine-use-gold", "true" if use_gold else "false",
+                *extra_arguments,
+            ]  # fmt: skip
             st.session_state[JOB_KEY] = start_job("improve", arguments, db_url=url)
             st.rerun()
     if job is not None:

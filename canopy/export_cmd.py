@@ -1,0 +1,89 @@
+"""``canopy export``: write mined training examples of one kind to a file.
+
+``jsonl`` writes one example per line: its payload plus ``id``,
+``iteration_id``, ``source_tree_id`` and ``source_nodes``. ``hf`` saves the
+same records as a Hugging Face ``datasets.Dataset`` folder (``load_from_disk``
+reads it back). Bad input raises the project's error types with one-line
+messages; ``canopy.cli.main`` prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+KINDS = ("sft", "dpo", "value", "prm", "orm")
+"""``training.mine.KINDS``, repeated: importing it would load SQLAlchemy on every ``canopy`` start."""
+FORMATS = ("jsonl", "hf")
+
+
+def add_export_parser(subcommands) -> argparse.ArgumentParser:
+    """Add the ``export`` subcommand to ``subcommands`` (argparse's subparsers)."""
+    parser = subcommands.add_parser("export", help="Write mined training examples to JSONL or a HF dataset.")
+    parser.add_argument("--kind", required=True, choices=KINDS, help="Which examples.")
+    parser.add_argument(
+        "--format", default="jsonl", choices=FORMATS, help="jsonl file or hf dataset folder (default: jsonl)."
+    )
+    parser.add_argument("--iteration", type=int, metavar="ID", help="Only this iteration's examples.")
+    parser.add_argument(
+        "--db", help="Database URL or SQLite path (default: $CANOPY_DB or ~/.local/share/canopy)."
+    )
+    parser.add_argument("--out", required=True, metavar="PATH", help="File (jsonl) or new folder (hf).")
+    return parser
+
+
+def _check_out(out: Path, fmt: str) -> None:
+    from canopy import cli  # not at the top: canopy.cli imports this module
+
+    if fmt == "jsonl" and out.is_dir():
+        raise cli.UsageError(f"--out {out} is a folder; jsonl needs a file path")
+    if fmt == "hf":
+        if out.exists() and not out.is_dir():
+            raise cli.UsageError(f"--out {out} is a file; hf needs a new or empty folder")
+        if out.is_dir() and any(out.iterdir()):
+            raise cli.UsageError(f"--out {out} is a folder that is not empty; pick a new one")
+
+
+def _write_jsonl(records: list[dict[str, Any]], out: Path) -> None:
+    partial = out.with_name(out.name + ".partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(partial, out)
+
+
+def _write_hf(records: list[dict[str, Any]], out: Path) -> None:
+    from datasets import Dataset
+
+    Dataset.from_list(records).save_to_disk(str(out))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sqlmodel import Session
+
+    from canopy import cli  # not at the top: canopy.cli imports this module
+    from store import schema
+    from store.db import make_engine
+    from training.mine import load_records
+
+    out = Path(args.out).expanduser()
+    _check_out(out, args.format)
+    engine = make_engine(args.db, create=False)
+    if args.iteration is not None:
+        with Session(engine) as session:
+            if session.get(schema.Iteration, args.iteration) is None:
+                raise cli.UsageError(f"no iteration {args.iteration} in the database")
+    records = load_records(engine, kind=args.kind, iteration_id=args.iteration)
+    if not records:
+        where = "" if args.iteration is None else f" of iteration {args.iteration}"
+        raise cli.UsageError(f"no {args.kind} examples{where} in the database; mine some trees first")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        (_write_jsonl if args.format == "jsonl" else _write_hf)(records, out)
+    except OSError as exc:
+        raise cli.UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    print(f"wrote {len(records)} {args.kind} examples to {out}")
+    return 0

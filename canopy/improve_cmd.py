@@ -1,0 +1,140 @@
+"""``canopy improve``: the self-improvement loop (see ``training/improve.py``).
+
+Flags are built from the settings dataclasses: the search's own flags
+(``--simulations``, ``--c``, ...), then one group per section with the
+section's name in front (``--sft-learning-rate``, ``--mine-use-gold``, ...).
+A ``--config`` TOML/JSON file may hold the same settings: top-level keys and
+sections ``[search]``, ``[mine]``, ``[sft]``, ``[dpo]``, ``[value]``, ``[prm]``,
+``[orm]``; flags override it. An interrupted loop continues with
+``--resume ITERATION_ID``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+# Section name on the command line and in --config -> ImproveConfig field.
+SECTIONS = {"mine": "mine", "sft": "sft", "dpo": "dpo_train", "value": "value", "prm": "prm", "orm": "orm"}
+
+
+def _default(spec) -> Any:
+    return spec.default if spec.default is not MISSING else spec.default_factory()
+
+
+def _add_section_flags(parser: argparse.ArgumentParser, section: str, settings_class: type) -> None:
+    group = parser.add_argument_group(f"{section} settings")
+    for spec in fields(settings_class):
+        default = _default(spec)
+        kwargs: dict[str, Any] = {
+            "dest": f"{section}.{spec.name}",
+            "default": argparse.SUPPRESS,
+            "help": f"{spec.metadata.get('help', '')} (default: {default})",
+        }
+        if isinstance(default, tuple | list):
+            kwargs["nargs"] = "+"
+        elif isinstance(default, bool):
+            kwargs["type"] = lambda text: text.lower() in ("1", "true", "yes")
+        elif isinstance(default, int | float):
+            kwargs["type"] = type(default)
+        group.add_argument(f"--{section}-{spec.name.replace('_', '-')}", **kwargs)
+
+
+def add_improve_parser(subcommands) -> argparse.ArgumentParser:
+    """Add the ``improve`` subcommand to ``subcommands`` (argparse's subparsers)."""
+    from canopy import cli  # not at the top: canopy.cli imports this module
+    from training.improve import ImproveConfig
+
+    parser = subcommands.add_parser(
+        "improve",
+        help="Self-improvement: search train problems, mine the trees, train policy and critics, evaluate.",
+    )
+    parser.add_argument(
+        "--model",
+        default=argparse.SUPPRESS,
+        help=f"Starting policy: preset, HF dir or .gguf (default: {cli.DEFAULT_MODEL}).",
+    )
+    parser.add_argument("--resume", type=int, metavar="ITERATION_ID", help="Continue an interrupted loop.")
+    parser.add_argument("--config", help="TOML or JSON file of settings (sections as in --help).")
+    parser.add_argument(
+        "--db", help="Database URL or SQLite path (default: $CANOPY_DB or ~/.local/share/canopy)."
+    )
+    parser.add_argument("--json", action="store_true", help="Print the iterations as one JSON object.")
+    top = parser.add_argument_group("loop settings")
+    for spec in fields(ImproveConfig):
+        if spec.name == "model" or spec.name in SECTIONS.values() or spec.name == "search":
+            continue
+        default = _default(spec)
+        kwargs: dict[str, Any] = {"dest": spec.name, "default": argparse.SUPPRESS}
+        if isinstance(default, bool):
+            kwargs["action"] = "store_true"
+        elif isinstance(default, int):
+            kwargs["type"] = int
+        if spec.name == "task":
+            kwargs["choices"] = ("arithmetic", "gsm8k")
+        shown = default if default not in ("", None) else "none"
+        if spec.name == "checkpoints":
+            shown = "<canopy cache>/checkpoints"
+        kwargs["help"] = f"{spec.metadata['help']} (default: {shown})"
+        top.add_argument("--" + spec.name.replace("_", "-"), **kwargs)
+    cli._add_search_settings(parser)
+    defaults = ImproveConfig(model="x", checkpoints="x")
+    for section, name in SECTIONS.items():
+        _add_section_flags(parser, section, type(getattr(defaults, name)))
+    return parser
+
+
+def improve_config(args: argparse.Namespace):
+    """The ``ImproveConfig`` that --config and the flags describe."""
+    from canopy import cli  # not at the top: canopy.cli imports this module
+    from engine.config import SearchConfig, read_settings_file
+    from engine.models import cache_dir
+    from training.improve import ImproveConfig
+
+    settings: dict[str, Any] = read_settings_file(args.config) if args.config else {}
+    settings = {SECTIONS.get(key, key): value for key, value in settings.items()}
+    for key in ("search", *SECTIONS.values()):
+        settings[key] = dict(settings.get(key) or {})
+    flags = vars(args)
+    settings["search"].update({f.name: flags[f.name] for f in fields(SearchConfig) if f.name in flags})
+    for section, name in SECTIONS.items():
+        prefix = f"{section}."
+        settings[name].update(
+            {key[len(prefix) :]: value for key, value in flags.items() if key.startswith(prefix)}
+        )
+    for spec in fields(ImproveConfig):
+        if spec.name in flags and spec.name not in settings["search"]:
+            settings[spec.name] = flags[spec.name]
+    settings.setdefault("model", cli.DEFAULT_MODEL)
+    if not settings.get("checkpoints"):
+        settings["checkpoints"] = str(cache_dir() / "checkpoints")
+    if settings.get("data"):
+        settings["data"] = str(Path(settings["data"]).resolve())
+    return ImproveConfig.from_dict(settings)
+
+
+def cmd_improve(args: argparse.Namespace) -> int:
+    from store.db import make_engine
+    from training.improve import improve, summary
+
+    engine = make_engine(args.db)
+    if args.resume is not None:
+        ids = improve(engine, resume=args.resume)
+    else:
+        ids = improve(engine, improve_config(args))
+    rows = summary(engine, ids)
+    if args.json:
+        print(json.dumps({"iterations": rows}, indent=2, default=str))
+    else:
+        for row in rows:
+            accuracy = row["accuracy"]
+            print(
+                f"iteration {row['id']} ({row['name']}): greedy {accuracy.get('greedy')}, "
+                f"mcts {accuracy.get('mcts')}; checkpoint {row['checkpoint']}",
+                file=sys.stdout,
+            )
+    return 0
