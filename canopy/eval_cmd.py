@@ -58,6 +58,12 @@ def add_eval_parser(subcommands) -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-png", action="store_true", help="Skip the report's PNG (its export starts a headless Chrome)."
     )
+    parser.add_argument(
+        "--equal-tokens",
+        action="store_true",
+        help="With --compare: run greedy and mcts first, then give self-consistency and best-of-n "
+        "as many samples as it takes to spend about the tokens MCTS spent (overrides --samples).",
+    )
     parser.add_argument("--config", help="TOML or JSON file of search settings.")
     parser.add_argument(
         "--db", help="Database URL or SQLite path (default: $CANOPY_DB or ~/.local/share/canopy)."
@@ -232,6 +238,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 on_problem=progress,
                 on_run_created=_announce,
                 meta=meta,
+                equal_tokens=args.equal_tokens,
             )
         elif args.ablation:
 

@@ -13,7 +13,7 @@ at a time, after AlphaLLM's Table 3.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +303,10 @@ def _record(tree_row: schema.Tree, problem: Problem, *, from_store: bool = False
     )
 
 
+SAMPLING_METHODS = ("self-consistency", "best-of-n")
+"""The methods whose compute is set by their sample count."""
+
+
 # -- reports --------------------------------------------------------------------
 
 
@@ -418,34 +422,53 @@ def compare(
     meta: dict[str, Any] | None = None,
     on_run_created: Callable[[int], None] | None = None,
     png: bool = True,
+    equal_tokens: bool = False,
 ) -> Report:
     """Evaluate each method on the same problems (one run each) and write the report
-    (``png=False`` skips the image export, which starts a headless Chrome)."""
+    (``png=False`` skips the image export, which starts a headless Chrome).
+
+    With ``equal_tokens`` greedy and MCTS run first, and the sampling methods
+    (self-consistency, best-of-N) then draw ``round(MCTS tokens / greedy
+    tokens)`` samples per problem, so they spend about what the search spent.
+    """
     unknown = [method for method in methods if method not in METHODS]
     if unknown or not methods:
         raise ConfigError(
             f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}"
         )
-    results = []
-    for method in methods:
+    if equal_tokens and not {"greedy", "mcts"} <= set(methods):
+        raise ConfigError("equal tokens sets the sample count from greedy and mcts: compare both")
+    order = (
+        sorted(methods, key=lambda m: (m not in ("greedy", "mcts"), methods.index(m)))
+        if equal_tokens
+        else methods
+    )
+    results: dict[str, EvalResult] = {}
+    labels: dict[str, str] = {}
+    for method in order:
         callback = None
         if on_problem is not None:
             callback = _tagged(on_problem, method)
-        results.append(
-            evaluate(
-                engine,
-                method=method,
-                problems=problems,
-                components=components,
-                settings=settings,
-                on_problem=callback,
-                meta=meta,
-                on_run_created=on_run_created,
-            )
+        method_settings = settings
+        labels[method] = method
+        if equal_tokens and method in SAMPLING_METHODS:
+            greedy_tokens = max(results["greedy"].generated_tokens, 1.0)
+            samples = max(1, round(results["mcts"].generated_tokens / greedy_tokens))
+            method_settings = replace(settings, samples=samples)
+            labels[method] = f"{method} (n={samples})"
+        results[method] = evaluate(
+            engine,
+            method=method,
+            problems=problems,
+            components=components,
+            settings=method_settings,
+            on_problem=callback,
+            meta=meta,
+            on_run_created=on_run_created,
         )
     return write_report(
-        results,
-        labels=list(methods),
+        [results[method] for method in methods],
+        labels=[labels[method] for method in methods],
         out_dir=out_dir,
         name="compare",
         title="Accuracy vs generated tokens",

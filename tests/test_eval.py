@@ -273,6 +273,39 @@ def test_compare_runs_every_method_on_the_same_problems_and_writes_the_report(en
         )
 
 
+def test_equal_tokens_sizes_the_sampling_methods_from_mcts(engine, tmp_path) -> None:
+    methods = ["self-consistency", "greedy", "best-of-n", "mcts"]
+    report = compare(
+        engine,
+        methods=methods,
+        problems=PROBLEMS[:2],
+        components=_components(),
+        settings=_settings(samples=1),
+        out_dir=tmp_path / "report",
+        png=False,
+        equal_tokens=True,
+    )
+    results = dict(zip(methods, report.results, strict=True))
+    expected = max(1, round(results["mcts"].generated_tokens / results["greedy"].generated_tokens))
+    assert expected > 1, "the fake search spends more than one greedy answer"
+    for method in ("self-consistency", "best-of-n"):
+        with Session(engine) as session:
+            run = session.get(schema.Run, results[method].run_id)
+        assert run.config["settings"]["samples"] == expected
+        assert f"{method} (n={expected})" in report.labels
+    assert report.labels[1] == "greedy" and f"| {method} (n={expected}) |" in report.table.read_text()
+    with pytest.raises(ConfigError, match="compare both"):
+        compare(
+            engine,
+            methods=["greedy", "self-consistency"],
+            problems=PROBLEMS,
+            components=_components(),
+            settings=_settings(),
+            out_dir=tmp_path,
+            equal_tokens=True,
+        )
+
+
 def test_ablation_configs_add_one_component_per_row() -> None:
     base = SearchConfig(similarity="edit", rollouts=2)
     rows = ablation_configs(base)

@@ -26,16 +26,24 @@ WEIGHTS_FILE = "value_head.pt"
 
 
 class ValueHead(nn.Module):
-    """``sigmoid(W2 tanh(W1 h + b1) + b2)``: expected return in [0, 1] of a state."""
+    """``sigmoid(W2 tanh(W1 norm(h) + b1) + b2)``: expected return in [0, 1] of a state.
 
-    def __init__(self, hidden_size: int, inner_size: int = 256) -> None:
+    ``norm`` is a LayerNorm without weights: a language model's last hidden
+    state can have a norm near 50 with single dimensions near 30, which made
+    the unnormalised MLP collapse to one score at learning rates >= 3e-3.
+    Checkpoints written before it existed load with ``normalize=False``.
+    """
+
+    def __init__(self, hidden_size: int, inner_size: int = 256, *, normalize: bool = True) -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.inner_size = inner_size
+        self.normalize = normalize
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False) if normalize else nn.Identity()
         self.mlp = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.Tanh(), nn.Linear(inner_size, 1))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.mlp(hidden).squeeze(-1))
+        return torch.sigmoid(self.mlp(self.norm(hidden)).squeeze(-1))
 
 
 def save_value_head(head: ValueHead, directory: str | Path, *, base_model: str) -> Path:
@@ -43,7 +51,12 @@ def save_value_head(head: ValueHead, directory: str | Path, *, base_model: str) 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".value-", dir=directory.parent))
-    config = {"hidden_size": head.hidden_size, "inner_size": head.inner_size, "base_model": base_model}
+    config = {
+        "hidden_size": head.hidden_size,
+        "inner_size": head.inner_size,
+        "normalize": head.normalize,
+        "base_model": base_model,
+    }
     (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     torch.save(head.state_dict(), staging / WEIGHTS_FILE)
     if directory.exists():
@@ -61,7 +74,11 @@ def load_value_head(directory: str | Path) -> tuple[ValueHead, dict]:
     directory = Path(directory)
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
-        head = ValueHead(int(config["hidden_size"]), int(config["inner_size"]))
+        head = ValueHead(
+            int(config["hidden_size"]),
+            int(config["inner_size"]),
+            normalize=bool(config.get("normalize", False)),
+        )
         head.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     except FileNotFoundError as exc:
         raise ValueCheckpointError(
