@@ -4,8 +4,10 @@
 
 Starts ``canopy app`` on a free port over a fresh database holding one running
 search, opens the Search page in headless Chromium (which follows the running
-search), then repeatedly commits one more node to the store and times how long
-until the page shows the new node count. Prints JSON; the aim is < 1.5 s.
+search), waits until the page has drawn its tree chart (the first Plotly chart of a
+fresh browser takes seconds to load, and is reported on its own), then
+repeatedly commits one more node to the store and times how long until the
+page shows the new node count. Prints JSON; the aim is < 1.5 s.
 Needs Debian's chromium at /usr/bin/chromium and the playwright package.
 """
 
@@ -120,6 +122,12 @@ def main(args: argparse.Namespace) -> dict:
             page.goto(f"http://127.0.0.1:{port}/search")
             metric = page.locator('[data-testid="stMetric"]', has_text="Nodes in tree")
             metric.wait_for(timeout=60_000)
+            opened = time.monotonic()
+            # The browser draws its first Plotly chart seconds after the page's
+            # text (it loads and parses plotly.js), and polls nothing meanwhile:
+            # that is page-load time, reported apart from the lag.
+            page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
+            chart_drawn = time.monotonic() - opened
             for count in range(2, args.updates + 2):
                 _add_node(url, run_id, tree_id, count)
                 written = time.monotonic()
@@ -131,6 +139,7 @@ def main(args: argparse.Namespace) -> dict:
         server.terminate()
         server.wait(timeout=30)
     return {
+        "chart_drawn_after_metrics_seconds": round(chart_drawn, 3),
         "updates": len(lags),
         "lag_seconds": [round(lag, 3) for lag in lags],
         "mean_lag_seconds": round(statistics.mean(lags), 3),
