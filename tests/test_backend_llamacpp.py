@@ -3,7 +3,9 @@ a search on it, and the one-line errors of ``load_policy``."""
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from engine.config import SearchConfig
 from engine.critics import Critics
 from engine.critics.generative import PRM_SYSTEM, GenerativePRM, prm_prompt
 from engine.policies import BackendError, load_policy
+from engine.policies.llamacpp import LlamaCppPolicy
 from engine.search import run_search
 from engine.termination import make_termination
 from engine.types import TrajectoryRequest
@@ -27,10 +30,15 @@ pytestmark = [
 MODEL = "smollm2-135m"
 QUESTION = "Sam has 4 boxes with 6 pens in each box. He gives away 5 pens. How many pens does he have left?"
 NEWLINE = make_termination(["newline"])
+FILLER = " Sam counts the pens in each box again, one box after another, and writes every count down."
+
+
+def _never(text: str) -> None:
+    return None
 
 
 def _load(**options):
-    return load_policy(MODEL, backend="llamacpp", n_ctx=1024, **options)
+    return load_policy(MODEL, backend="llamacpp", **{"n_ctx": 1024, **options})
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +46,42 @@ def policy():
     return _load()
 
 
-def _propose(policy, state, *, k=3, seed=5, max_tokens=12):
-    return policy.propose(state, k=k, termination=NEWLINE, max_tokens=max_tokens, temperature=0.8, seed=seed)
+def _propose(policy, state, *, k=3, seed=5, max_tokens=12, termination=NEWLINE, temperature=0.8):
+    return policy.propose(
+        state, k=k, termination=termination, max_tokens=max_tokens, temperature=temperature, seed=seed
+    )
+
+
+@pytest.fixture(scope="module")
+def f32_policy(tmp_path_factory):
+    """smollm2 with its weights dequantised to F32, batching four samples.
+
+    llama.cpp is not batch-invariant: with the Q4_1 weights a token's logits
+    shift by up to ~0.5 (log-prob sums of 12-token options by ~0.2 nats) with
+    the shape of the batch it was read in, because the activations fed to the
+    quantised matmuls are themselves rounded to int8 and tiny differences flip
+    them. F32 weights take that rounding away (~1e-4 nats left), so a one-by-one
+    re-read can check the batched KV cache to 1e-3.
+    """
+    import llama_cpp
+
+    source = _load().llama.model_path
+    target = tmp_path_factory.mktemp("gguf") / "smollm2-f32.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_ALL_F32
+    params.allow_requantize = True
+    params.quantize_output_tensor = True
+    assert llama_cpp.llama_model_quantize(source.encode(), str(target).encode(), ctypes.byref(params)) == 0
+    return LlamaCppPolicy(target, name="smollm2-f32", n_ctx=1024, n_threads=1, max_parallel=4)
+
+
+def _rescored(reader, state, token_ids) -> float:
+    """Log-prob sum of ``token_ids`` after ``state``, read one token at a time on sequence 0."""
+    total = 0.0
+    for index, token in enumerate(token_ids):
+        logits = reader.state_logits(state + tuple(token_ids[:index])).astype(np.float64)
+        total += logits[token] - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+    return total
 
 
 def test_options_are_well_formed_with_logprobs_at_most_zero(policy) -> None:
@@ -108,6 +150,61 @@ def test_a_restored_snapshot_gives_the_logits_of_the_live_read(policy) -> None:
     restored = policy.state_logits(child)
     assert policy.stats().prefill_tokens - before == 1
     assert np.allclose(restored, live, atol=1e-4)
+
+
+def test_batched_samples_match_a_one_by_one_rescoring(f32_policy) -> None:
+    reader = LlamaCppPolicy(
+        f32_policy.llama.model_path, name="reader", n_ctx=1024, n_threads=1, max_parallel=1
+    )
+    root = f32_policy.root_state(QUESTION)
+    # Four samples in one batch, dropping out as their lines end ...
+    proposed = _propose(f32_policy, root, k=4, seed=5, max_tokens=16)
+    # ... and rollouts of two states, the second one longer, three at a time.
+    states = [root, f32_policy.extend(root, "4 * 6 = 24\n")]
+    completed = f32_policy.complete(states, n=3, termination=_never, max_tokens=8, temperature=1.0, seed=1)
+    checks = [(root, option) for option in proposed]
+    checks += [
+        (state, option) for state, options in zip(states, completed, strict=True) for option in options
+    ]
+    for state, option in checks:
+        assert _rescored(reader, state, option.token_ids) == pytest.approx(
+            option.logprob_sum, rel=1e-3, abs=1e-3
+        )
+    assert len({option.token_ids for _, option in checks}) > 1, "the samples are not independent"
+
+
+def test_batched_children_restore_from_their_own_sequence(f32_policy) -> None:
+    state = f32_policy.extend(f32_policy.root_state(QUESTION), "Step 1:")
+    options = _propose(f32_policy, state, k=4, seed=8, max_tokens=12)
+    again = _propose(f32_policy, state, k=4, seed=8, max_tokens=12)
+    assert options == again, "the same seed gave other options"
+    children = [state + option.token_ids for option in options if not option.finished]
+    assert len(children) >= 2
+    lives = [f32_policy.logits.get(child).copy() for child in children]
+    before = f32_policy.stats().prefill_tokens
+    for child in children:  # sampled on sequences 1..4, each restored into sequence 0
+        _propose(f32_policy, child, k=2, seed=6, max_tokens=4)
+    assert f32_policy.stats().prefill_tokens == before, "a child's own option was re-read"
+    for child, live in zip(children, lives, strict=True):
+        f32_policy.state_logits(f32_policy.extend(state, " unrelated text"))  # move sequence 0 away
+        f32_policy.logits = type(f32_policy.logits)(f32_policy.logits.max_bytes)
+        restored = f32_policy.state_logits(child)  # the snapshot, then the last token read once more
+        assert np.allclose(restored, live, atol=1e-2)
+
+
+def test_a_path_longer_than_its_share_of_the_kv_buffer() -> None:
+    policy = _load(n_ctx=256, max_parallel=8)
+    state = policy.extend(policy.root_state(QUESTION), FILLER * 6)
+    assert 256 // 8 < len(state) < 256 - 40
+    options = _propose(policy, state, k=4, seed=3, max_tokens=40, termination=_never)
+    assert len(options) == 4 and all(len(option.token_ids) <= 40 for option in options)
+    rollouts = policy.complete([state], n=3, termination=_never, max_tokens=40, temperature=1.0, seed=3)
+    assert [len(options) for options in rollouts] == [3]
+    full = policy.extend(policy.root_state(QUESTION), FILLER * 12)[:256]
+    with pytest.raises(ValueError, match="a state of 257 tokens exceeds n_ctx=256"):
+        _propose(policy, full, k=2, max_tokens=8, termination=_never, temperature=0.0)
+    # The failed step left the KV cache usable.
+    assert len(_propose(policy, state, k=2, seed=4, max_tokens=8)) == 2
 
 
 def test_complete_gives_n_per_state(policy) -> None:
@@ -179,3 +276,22 @@ def test_load_errors_are_one_line_and_name_the_fix(tmp_path, monkeypatch) -> Non
     ) as error:
         load_policy(MODEL, backend="llamacpp")
     assert "\n" not in str(error.value)
+
+
+def _time_batching(k: int = 4, tokens: int = 32) -> None:
+    """By hand: ``python -m tests.test_backend_llamacpp`` prints how long ``k``
+    samples of ``tokens`` tokens take one after another and decoded together."""
+    for max_parallel in (1, k):
+        policy = _load(max_parallel=max_parallel)
+        state = policy.root_state(QUESTION)
+        policy.state_logits(state)
+        for seed in range(3):
+            started = time.perf_counter()
+            _propose(policy, state, k=k, seed=seed, max_tokens=tokens, termination=_never)
+            print(
+                f"max_parallel={max_parallel}: {k} x {tokens} tokens in {time.perf_counter() - started:.2f} s"
+            )
+
+
+if __name__ == "__main__":
+    _time_batching()

@@ -1,21 +1,29 @@
 """The ``llamacpp`` backend: GGUF files on a CPU through ``llama-cpp-python``.
 
-One llama.cpp context holds one sequence in its KV cache. Reaching a state
-reuses the longest common prefix of what the cache holds (llama.cpp drops the
-rest with ``kv_cache_seq_rm``, as ``Llama.generate`` does) and evaluates only
-the tail. Two byte-bounded LRU maps keep what a later visit needs:
+One llama.cpp context holds a few sequences in one shared ("unified") KV
+buffer. Sequence 0 holds the state being worked on: reaching a state reuses the
+longest common prefix of what it holds (llama.cpp drops the rest with
+``llama_memory_seq_rm``, as ``Llama.generate`` does) and evaluates only the
+tail. Two byte-bounded LRU maps keep what a later visit needs:
 
 - next-token logits per state, so a state whose tokens are still in the KV
   cache (a node's siblings share it) costs no evaluation at all;
 - KV snapshots of the children that a ``propose`` made
-  (``llama_state_seq_get_data`` for the one sequence, not the whole context),
-  so that expanding a child restores its cache instead of re-reading its option.
+  (``llama_state_seq_get_data`` for the child's one sequence, not the whole
+  context, restored into sequence 0), so that expanding a child restores its
+  cache instead of re-reading its option.
 
-Samples of one state run one after another (llama.cpp's batch API would need a
-sequence per sample and its own KV bookkeeping); between samples the cache is
-cut back to the state, which costs nothing. Tokens are drawn from the logits
-with a seeded numpy ``Generator``, so runs are deterministic under a seed and
-every token carries its log-probability at temperature 1.
+The samples of one state decode together: the state, read once on sequence 0,
+is shared with sequences 1..w by ``llama_memory_seq_cp`` (which only tags the
+cells: the prefix is stored once), and each step feeds the newest token of
+every still-running sample in one ``llama_decode`` batch; afterwards sequences
+1..w are dropped, leaving sequence 0 on the state. At most ``max_parallel``
+samples run at once, fewer when the KV buffer (``n_ctx`` cells for all
+sequences together) could not hold that many continuations of ``max_tokens``;
+the rest follow in further rounds. Each sample draws its tokens from the logits
+with its own numpy ``Generator`` seeded by (seed, state, sample), so runs are
+deterministic under a seed whatever the batching, and every token carries its
+log-probability at temperature 1.
 
 The value head needs hidden states, which this backend does not expose: a
 value model runs as its own HF model (``engine.policies.hf.HFPolicy`` loaded
@@ -25,6 +33,7 @@ critics work with this policy.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import time
@@ -173,6 +182,8 @@ class LlamaCppPolicy:
         seed: llama.cpp's seed (our sampling uses the per-call ``seed``).
         logits_bytes: budget of the per-state logits LRU.
         snapshot_bytes: budget of the per-child KV snapshots; 0 turns them off.
+        max_parallel: samples of one state decoded together in one batch (each
+            on its own llama.cpp sequence); 1 decodes them one after another.
     """
 
     def __init__(
@@ -185,10 +196,16 @@ class LlamaCppPolicy:
         seed: int = 0,
         logits_bytes: int = 256 << 20,
         snapshot_bytes: int = 1 << 30,
+        max_parallel: int = 8,
     ) -> None:
         import llama_cpp
+        from llama_cpp import _internals
 
         self._llama_cpp = llama_cpp
+        # Sequence 0 holds the state; one batch row per sample within Llama's n_batch.
+        limit = min(llama_cpp.llama_max_parallel_sequences() - 1, n_ctx, 512)
+        if not 1 <= max_parallel <= limit:
+            raise ValueError(f"max_parallel must be in [1, {limit}], got {max_parallel}")
         threads = n_threads or max(1, (os.cpu_count() or 1) // 2)
         self.llama = llama_cpp.Llama(
             model_path=str(model_path),
@@ -199,6 +216,9 @@ class LlamaCppPolicy:
             n_threads=threads,
             n_threads_batch=threads,
         )
+        self._open_context(max_parallel + 1)
+        self.max_parallel = max_parallel
+        self._batch = _internals.LlamaBatch(n_tokens=max_parallel, embd=0, n_seq_max=1, verbose=False)
         self.name = name
         self.n_vocab = self.llama.n_vocab()
         self.n_ctx = n_ctx
@@ -229,18 +249,40 @@ class LlamaCppPolicy:
 
     # -- the KV cache --------------------------------------------------------
 
+    def _open_context(self, n_seq: int) -> None:
+        """Replace the one-sequence context ``Llama`` made (its constructor has no
+        say in this) by one with ``n_seq`` sequences in one unified KV buffer.
+
+        Unified, ``n_ctx`` cells serve all sequences together and a copied prefix
+        is stored once; split per sequence, each would get ``n_ctx / n_seq``
+        cells and a copy would duplicate them.
+        """
+        from llama_cpp import _internals
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        llama = self.llama
+        params = llama.context_params
+        params.n_seq_max = n_seq
+        params.kv_unified = True
+        llama._ctx.close()  # free the old KV buffer before allocating the new one
+        with suppress_stdout_stderr(disable=llama.verbose):
+            context = _internals.LlamaContext(model=llama._model, params=params, verbose=llama.verbose)
+        llama._ctx = llama._stack.enter_context(contextlib.closing(context))
+        self._cells = self._llama_cpp.llama_n_ctx(context.ctx)
+
     def reset_cache(self) -> None:
         """Forget every cached state: the live KV cache, logits and snapshots
         (for cold-cache measurements, or after using ``self.llama`` directly)."""
         self.llama.reset()
-        self.llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+        self.llama._ctx.kv_cache_clear()
         self._kv = []
         self.logits = ByteLRU(self.logits.max_bytes)
         self.snapshots = ByteLRU(self.snapshots.max_bytes)
 
     def _truncate(self, length: int) -> None:
+        """Cut sequence 0 back to its first ``length`` tokens."""
         if length < len(self._kv):
-            self.llama._ctx.kv_cache_seq_rm(-1, length, -1)
+            self.llama._ctx.kv_cache_seq_rm(0, length, -1)
             del self._kv[length:]
 
     def _eval(self, tokens: Sequence[int]) -> np.ndarray:
@@ -256,15 +298,17 @@ class LlamaCppPolicy:
         pointer = self.llama._ctx.get_logits_ith(-1)
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
-    def _snapshot(self) -> bytes:
+    def _snapshot(self, seq: int) -> bytes:
+        """The KV cells of sequence ``seq``; they restore into any sequence."""
         llama_cpp = self._llama_cpp
         ctx = self.llama._ctx.ctx
-        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        size = llama_cpp.llama_state_seq_get_size(ctx, seq)
         buffer = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, seq)
         return bytes(buffer)[:written]
 
     def _restore(self, state: tuple[int, ...], data: bytes) -> None:
+        """Make sequence 0 hold ``state`` from its snapshot (taken from any sequence)."""
         llama_cpp = self._llama_cpp
         self._truncate(0)
         buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
@@ -348,60 +392,131 @@ class LlamaCppPolicy:
         *,
         keep_states: bool,
     ) -> list[list[Option]]:
-        """Sample ``n`` continuations of each state, one after another.
+        """Sample ``n`` continuations of each state, up to ``max_parallel`` at once.
 
-        With ``keep_states`` a continuation that did not end the solution has its
-        last token evaluated too, and the child's logits and KV snapshot are kept,
-        so expanding the child later evaluates nothing.
+        States go one after another; each is read once on sequence 0 and its
+        samples decode together (``_decode_together``). With ``keep_states`` a
+        continuation that did not end the solution has its last token evaluated
+        too, and the child's logits and KV snapshot are kept, so expanding the
+        child later evaluates nothing.
         """
         started = time.perf_counter()
-        generator = np.random.default_rng(seed)
         results: list[list[Option]] = []
-        for state in states:
-            options = []
-            for _ in range(n):
+        for index, state in enumerate(states):
+            options: list[Option] = []
+            if n > 0:
                 logits = self.state_logits(state)
-                options.append(
-                    self._one(state, logits, termination, max_tokens, temperature, generator, keep_states)
-                )
+                # Every further sample starts from the prefix already read, as if
+                # it had asked for the state again.
+                self._stats.cached_tokens += (n - 1) * len(state)
+                generators = [np.random.default_rng([seed, index, sample]) for sample in range(n)]
+                width = self._width(len(state), max_tokens)
+                for first in range(0, n, width):
+                    options += self._decode_together(
+                        state,
+                        logits,
+                        generators[first : first + width],
+                        termination,
+                        max_tokens,
+                        temperature,
+                        keep_states,
+                    )
             results.append(options)
         self._stats.generate_seconds += time.perf_counter() - started
         return results
 
-    def _one(
+    def _width(self, state_length: int, max_tokens: int) -> int:
+        """How many samples decode at once: at most ``max_parallel``, and no more
+        than the shared KV buffer holds next to the state at ``max_tokens`` each
+        (at least 1: a lone sample may run up to ``n_ctx`` as before)."""
+        per_sample = max(1, min(max_tokens, self.n_ctx - state_length))
+        return max(1, min(self.max_parallel, (self._cells - state_length) // per_sample))
+
+    def _decode_together(
         self,
         state: tuple[int, ...],
         logits: np.ndarray,
+        generators: Sequence[np.random.Generator],
         termination: TerminationFn,
         max_tokens: int,
         temperature: float,
-        generator: np.random.Generator,
         keep_states: bool,
-    ) -> Option:
-        tokens: list[int] = []
-        logprob_sum = 0.0
-        reason: str | None = None
-        while reason is None:
-            token, logprob = _draw(logits, temperature, generator)
-            tokens.append(token)
-            logprob_sum += logprob
-            reason = stop_reason(
-                tokens,
-                eos_ids=self.eos_ids,
-                termination=termination,
-                decode=self.decode,
-                max_tokens=max_tokens,
-            )
-            if reason is None or (keep_states and reason != "eos"):
-                logits = self._eval([token])
-        self._stats.generated_tokens += len(tokens)
-        if keep_states and reason != "eos":
-            child = state + tuple(tokens)
-            self.logits.put(child, logits, logits.nbytes)
-            if self.snapshots.max_bytes > 0:
-                snapshot = self._snapshot()
-                self.snapshots.put(child, snapshot, len(snapshot))
-        return Option.sampled(self.decode(tokens), tokens, logprob_sum, reason)
+    ) -> list[Option]:
+        """One sample per generator, all from ``state`` (which sequence 0 holds),
+        sample ``j`` on sequence ``j + 1``; the newest tokens of the samples still
+        running go through the model in one batch per step."""
+        count = len(generators)
+        memory = self.llama._ctx.memory
+        tokens: list[list[int]] = [[] for _ in range(count)]
+        logprob_sums = [0.0] * count
+        reasons: list[str | None] = [None] * count
+        rows = [logits] * count
+        for sample in range(count):
+            self._llama_cpp.llama_memory_seq_cp(memory, 0, sample + 1, -1, -1)
+        try:
+            running = list(range(count))
+            while running:
+                feed = []
+                for sample in running:
+                    token, logprob = _draw(rows[sample], temperature, generators[sample])
+                    tokens[sample].append(token)
+                    logprob_sums[sample] += logprob
+                    reason = stop_reason(
+                        tokens[sample],
+                        eos_ids=self.eos_ids,
+                        termination=termination,
+                        decode=self.decode,
+                        max_tokens=max_tokens,
+                    )
+                    reasons[sample] = reason
+                    if reason is None or (keep_states and reason != "eos"):
+                        feed.append(sample)
+                if not feed:
+                    break
+                fed = self._decode_step(
+                    [(s + 1, tokens[s][-1], len(state) + len(tokens[s]) - 1) for s in feed]
+                )
+                for sample, row in zip(feed, fed, strict=True):
+                    rows[sample] = row
+                    if reasons[sample] is not None:  # a child to keep: its logits and cache
+                        child = state + tuple(tokens[sample])
+                        self.logits.put(child, row, row.nbytes)
+                        if self.snapshots.max_bytes > 0:
+                            snapshot = self._snapshot(sample + 1)
+                            self.snapshots.put(child, snapshot, len(snapshot))
+                running = [sample for sample in feed if reasons[sample] is None]
+        finally:
+            for sample in range(count):
+                self._llama_cpp.llama_memory_seq_rm(memory, sample + 1, -1, -1)
+        self._stats.generated_tokens += sum(len(sample_tokens) for sample_tokens in tokens)
+        return [
+            Option.sampled(self.decode(sample_tokens), sample_tokens, logprob_sum, reason)
+            for sample_tokens, logprob_sum, reason in zip(tokens, logprob_sums, reasons, strict=True)
+        ]
+
+    def _decode_step(self, feed: Sequence[tuple[int, int, int]]) -> list[np.ndarray]:
+        """Evaluate one (sequence, token, position) per row in one ``llama_decode``;
+        the next-token logits of each row."""
+        for _, _, position in feed:
+            if position >= self.n_ctx:
+                raise ValueError(
+                    f"a state of {position + 1} tokens exceeds n_ctx={self.n_ctx}; "
+                    "raise n_ctx or lower the search's token caps"
+                )
+        batch = self._batch.batch
+        batch.n_tokens = len(feed)
+        for row, (seq, token, position) in enumerate(feed):
+            batch.token[row] = token
+            batch.pos[row] = position
+            batch.n_seq_id[row] = 1
+            batch.seq_id[row][0] = seq
+            batch.logits[row] = True
+        context = self.llama._ctx
+        context.decode(self._batch)
+        return [
+            np.ctypeslib.as_array(context.get_logits_ith(row), shape=(self.n_vocab,)).copy()
+            for row in range(len(feed))
+        ]
 
     # -- scoring -------------------------------------------------------------
 
