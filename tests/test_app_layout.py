@@ -172,6 +172,27 @@ def test_metrics_are_grouped_by_kind() -> None:
         "Training data sizes",
         "Other metrics",
     }
+    loop = {  # as the improve loop writes them
+        "accuracy": {"greedy": 0.2, "mcts": 0.3},
+        "critics": {"value": {"precision": 0.5, "recall": 0.4, "ece": 0.1}},
+        "data": {"sft_examples": 9},
+        "loss": {"sft": 0.7},
+        "tokens": {"greedy": 100.0},
+        "train_search": {"solved": 0.1, "tokens": 800.0},
+    }
+    charts = grouped(metric_table(pd.DataFrame({"id": [1], "name": ["a"], "metrics": [loop]})))
+    assert {title: sorted(frame.columns) for title, frame in charts.items()} == {
+        "Accuracy on held-out problems": ["accuracy.greedy", "accuracy.mcts"],
+        "Critics on held-out trees (precision, recall, ECE)": [
+            "critics.value.ece",
+            "critics.value.precision",
+            "critics.value.recall",
+        ],
+        "Training data sizes": ["data.sft_examples"],
+        "Training losses": ["loss.sft"],
+        "Generated tokens per problem": ["tokens.greedy", "train_search.tokens"],
+        "Other metrics": ["train_search.solved"],
+    }
 
 
 def test_cli_arguments_pass_only_changed_settings() -> None:

@@ -407,7 +407,7 @@ def _stage_search(engine, config, row, round_number, held_out, log) -> dict[str,
         config=config,
         log=log,
     )
-    return {"train_accuracy": {"mcts": result["accuracy"]}}
+    return {"train_search": {"solved": result["accuracy"], "tokens": result["tokens"]}}
 
 
 def _stage_mine(engine, config, row, round_number, held_out, log) -> dict[str, Any]:
@@ -496,8 +496,9 @@ def _stage_critics(engine, config, row, round_number, held_out, log) -> dict[str
         if scored.empty:
             continue
         stats = classification(scored[column], scored["outcome"], threshold=0.5)
-        report[name] = {key: stats[key] for key in ("precision", "recall", "ece", "nodes")}
-        log(f"  {name}: " + ", ".join(f"{key} {value}" for key, value in report[name].items()))
+        report[name] = {key: stats[key] for key in ("precision", "recall", "ece")}
+        numbers = ", ".join(f"{key} {value}" for key, value in report[name].items())
+        log(f"  {name} over {stats['nodes']} nodes: {numbers}")
     return {"critics": report}
 
 
