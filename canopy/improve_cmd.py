@@ -32,6 +32,7 @@ def _add_section_flags(parser: argparse.ArgumentParser, section: str, settings_c
         default = _default(spec)
         kwargs: dict[str, Any] = {
             "dest": f"{section}.{spec.name}",
+            "metavar": spec.name.upper(),
             "default": argparse.SUPPRESS,
             "help": f"{spec.metadata.get('help', '')} (default: {default})",
         }
