@@ -92,30 +92,51 @@ else:
             ]  # fmt: skip
             st.session_state[JOB_KEY] = start_job("improve", arguments, db_url=url)
             st.rerun()
-    if job is not None:
-        st.caption(f"Your improve job: {'running' if busy else f'exited with code {job.returncode}'}")
-        if busy and st.button("Stop iteration"):
-            job.stop()
-        untrusted(job.output_tail(), empty="(no output yet)")
-
-require_store(url)
 
 
-@st.fragment(run_every=2)
-def progress() -> None:
+def _job():
+    return st.session_state.get(JOB_KEY)
+
+
+def _running_iterations():
+    if data.store_problem(url) is not None:
+        return None
     iterations = data.iterations(url)
-    active = iterations[iterations["status"] == "running"]
-    if active.empty:
-        return
-    st.subheader("In progress")
-    for row in active.itertuples(index=False):
-        updated = data.as_utc(row.updated_at)
-        st.markdown(f"**Iteration {row.id}** · stage: `{row.stage or 'starting'}`")
-        if updated:
-            st.caption(f"last update {updated:%Y-%m-%d %H:%M:%S} UTC")
+    return iterations[iterations["status"] == "running"]
 
 
-progress()
+def follow(was_alive: bool) -> None:
+    """The session's job and every running iteration, re-read every 2 s while anything runs."""
+    job = _job()
+    if job is not None:
+        st.caption(f"Your improve job: {'running' if job.alive else f'exited with code {job.returncode}'}")
+        if job.alive and st.button("Stop iteration", key="improve.stop"):
+            job.stop()
+            st.toast("Stopping: the loop records the iteration as interrupted; `--resume` continues it.")
+        with st.expander("Job output", expanded=job.returncode not in (0, None)):
+            untrusted(job.output_tail(lines=15), empty="(no output yet: loading the model)")
+    active = _running_iterations()
+    if active is None:
+        if job is not None and job.alive:
+            st.info("Waiting for the job to create the database…", icon=":material/hourglass_top:")
+    elif not active.empty:
+        st.subheader("In progress")
+        for row in active.itertuples(index=False):
+            updated = data.as_utc(row.updated_at)
+            st.markdown(f"**Iteration {row.id}** ({row.name}) · stage: `{row.stage or 'starting'}`")
+            if updated:
+                st.caption(f"last update {updated:%Y-%m-%d %H:%M:%S} UTC")
+    alive = (job is not None and job.alive) or (active is not None and not active.empty)
+    if was_alive and not alive:
+        st.rerun(scope="app")  # finished: redraw the history once, and stop polling
+
+
+job, running = _job(), _running_iterations()
+alive = (job is not None and job.alive) or (running is not None and not running.empty)
+st.fragment(follow, run_every=2 if alive else None)(alive)
+if running is None and job is not None and job.alive:
+    st.stop()  # the job creates the database; the history follows once it has run
+require_store(url)
 iterations = data.iterations(url)
 st.subheader("Iteration history")
 if iterations.empty:
