@@ -429,8 +429,7 @@ def _train(engine, config: ImproveConfig, row: schema.Iteration, kind: str, log:
 
     checkpoints = dict(row.metrics["checkpoints"])
     directory = Path(config.checkpoints) / f"iteration-{row.id}" / kind
-    mined = "dpo" if kind == "dpo" else ("sft" if kind == "sft" else kind)
-    examples = load_examples(engine, kind=mined, iteration_id=row.id)
+    examples = load_examples(engine, kind=kind, iteration_id=row.id)  # trainers and kinds share names
     slot = "policy" if kind in ("sft", "dpo") else kind
     # The policy trains from the last policy; critics from their last checkpoint,
     # else the starting model (the PRM/ORM start as the policy asked a rubric).
@@ -442,7 +441,7 @@ def _train(engine, config: ImproveConfig, row: schema.Iteration, kind: str, log:
         _update(engine, row.id, stage=f"{kind}: {message}")
 
     if not examples:
-        reason = f"no {mined} examples were mined"
+        reason = f"no {kind} examples were mined"
         log(f"  {kind}: skipped, {reason}")
         return _merge(row, "skipped", **{kind: reason})
     train = {
