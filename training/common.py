@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import random
+import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.config import ConfigError
-from training.checkpoints import atomic_directory, write_marker
+from training.checkpoints import TrainResult, atomic_directory, write_marker
 
 if TYPE_CHECKING:
     from engine.policies.hf import HFPolicy
@@ -254,3 +256,118 @@ def save_merged_model(
         tokenizer.save_pretrained(staging)
         write_marker(staging, kind=kind, base_model=base_model, metrics=metrics)
     return output_dir
+
+
+def verdict_rows(
+    renderer: HFPolicy,
+    examples: Sequence[dict],
+    labels: Sequence[bool],
+    *,
+    system: str,
+    prompt: Callable[[Any], str],
+    finished: bool,
+) -> list[dict]:
+    """Pre-tokenized rows teaching a generative critic its verdicts: the rubric
+    chat turn (``system``, ``prompt(request)``) as ``HFPolicy.chat_ids`` renders
+    it, then the single token "True" or "False" (no EOS: ``score_true`` reads
+    only that first token), with the loss on the verdict only."""
+    from engine.types import TrajectoryRequest
+
+    verdicts = verdict_token_ids(renderer)
+    rows = []
+    for example, label in zip(examples, labels, strict=True):
+        request = TrajectoryRequest(
+            question=example["question"], steps=tuple(example["steps"]), finished=finished
+        )
+        prompt_ids = list(renderer.chat_ids(system, prompt(request)))
+        rows.append(
+            {"input_ids": prompt_ids + [verdicts[label]], "completion_mask": [0] * len(prompt_ids) + [1]}
+        )
+    return rows
+
+
+def train_on_completions(
+    model,
+    tokenizer,
+    rows: list[dict],
+    *,
+    config: Any,
+    kind: str,
+    base_model: str,
+    output_dir: str | Path,
+    progress: ProgressFn | None,
+    started: float,
+) -> TrainResult:
+    """Fine-tune on pre-tokenized rows (``input_ids``, ``completion_mask``) with
+    TRL's ``SFTTrainer``, loss on the completion only, and save the merged model
+    as checkpoint ``kind``. TRL gets token ids rather than strings: given strings
+    it tokenizes prompt and completion as one text, which can merge tokens across
+    the boundary and differ from what the search feeds the model."""
+    from trl import SFTConfig, SFTTrainer
+
+    def make_trainer(scratch: str, train_dataset, eval_dataset):
+        return SFTTrainer(
+            model=model,
+            args=SFTConfig(**trl_arguments(config, scratch), completion_only_loss=True),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=None if config.full_finetune else lora_config(config),
+            callbacks=[progress_callback(progress)],
+        )
+
+    return train_and_save(
+        make_trainer,
+        rows,
+        config=config,
+        tokenizer=tokenizer,
+        kind=kind,
+        base_model=base_model,
+        output_dir=output_dir,
+        progress=progress,
+        started=started,
+    )
+
+
+def train_and_save(
+    make_trainer: Callable[[str, Any, Any], Any],
+    rows: list[dict],
+    *,
+    config: Any,
+    tokenizer,
+    kind: str,
+    base_model: str,
+    output_dir: str | Path,
+    progress: ProgressFn | None,
+    started: float,
+    unit: str = "examples",
+) -> TrainResult:
+    """Hold out ``config.eval_fraction`` of ``rows``, train the TRL trainer that
+    ``make_trainer(scratch_dir, train_dataset, eval_dataset)`` builds, and save
+    its merged model as checkpoint ``kind``."""
+    from datasets import Dataset
+    from transformers import PrinterCallback
+
+    train_rows, eval_rows = split_eval(rows, config.eval_fraction, config.seed)
+    with tempfile.TemporaryDirectory(prefix=f"canopy-{kind}-") as scratch:
+        trainer = make_trainer(
+            scratch, Dataset.from_list(train_rows), Dataset.from_list(eval_rows) if eval_rows else None
+        )
+        trainer.remove_callback(PrinterCallback)
+        say(progress, f"training on {len(train_rows)} {unit} ({len(eval_rows)} held out)")
+        output = trainer.train()
+        eval_loss = trainer.evaluate()["eval_loss"] if eval_rows else None
+
+    say(progress, f"saving {output_dir}")
+    metrics = {"train_loss": output.training_loss, "eval_loss": eval_loss, "steps": output.global_step}
+    output_dir = save_merged_model(
+        trainer.model, tokenizer, output_dir, kind=kind, base_model=base_model, metrics=metrics
+    )
+    return TrainResult(
+        output_dir=output_dir,
+        examples=len(rows),
+        steps=output.global_step,
+        train_loss=output.training_loss,
+        eval_loss=eval_loss,
+        seconds=time.monotonic() - started,
+    )

@@ -17,7 +17,6 @@ backends that load it; llama.cpp needs a GGUF conversion first).
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,9 +31,8 @@ from training.common import (
     progress_callback,
     prompt_renderer,
     quiet_progress_bars,
-    save_merged_model,
     say,
-    split_eval,
+    train_and_save,
     trl_arguments,
 )
 from training.dpo_config import DPOTrainConfig
@@ -57,8 +55,6 @@ def train_dpo(
             and rejected options are the same text, or no pair whose prompt
             fits ``max_length``.
     """
-    from datasets import Dataset
-    from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
     class PreTokenizedDPOTrainer(DPOTrainer):
@@ -94,33 +90,27 @@ def train_dpo(
             raise ConfigError(
                 f"every dpo prompt is at least max_length ({config.max_length}) tokens; raise max_length"
             )
-        train_rows, eval_rows = split_eval(rows, config.eval_fraction, config.seed)
 
-        with tempfile.TemporaryDirectory(prefix="canopy-dpo-") as scratch:
-            trainer = PreTokenizedDPOTrainer(
+        def make_trainer(scratch: str, train_dataset, eval_dataset):
+            return PreTokenizedDPOTrainer(
                 model=model,
                 args=DPOConfig(**trl_arguments(config, scratch), beta=config.beta),
-                train_dataset=Dataset.from_list(train_rows),
-                eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
                 processing_class=tokenizer,
                 peft_config=None if config.full_finetune else lora_config(config),
                 callbacks=[progress_callback(progress)],
             )
-            trainer.remove_callback(PrinterCallback)
-            say(progress, f"training on {len(train_rows)} pairs ({len(eval_rows)} held out)")
-            output = trainer.train()
-            eval_loss = trainer.evaluate()["eval_loss"] if eval_rows else None
 
-        say(progress, f"saving {output_dir}")
-        metrics = {"train_loss": output.training_loss, "eval_loss": eval_loss, "steps": output.global_step}
-        output_dir = save_merged_model(
-            trainer.model, tokenizer, output_dir, kind="dpo", base_model=base_model, metrics=metrics
+        return train_and_save(
+            make_trainer,
+            rows,
+            config=config,
+            tokenizer=tokenizer,
+            kind="dpo",
+            unit="pairs",
+            base_model=base_model,
+            output_dir=output_dir,
+            progress=progress,
+            started=started,
         )
-    return TrainResult(
-        output_dir=output_dir,
-        examples=len(rows),
-        steps=output.global_step,
-        train_loss=output.training_loss,
-        eval_loss=eval_loss,
-        seconds=time.monotonic() - started,
-    )

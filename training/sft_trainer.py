@@ -15,7 +15,6 @@ backends that load it; llama.cpp needs a GGUF conversion first).
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,14 +25,10 @@ from training.common import (
     ProgressFn,
     check_examples,
     load_base_model,
-    lora_config,
-    progress_callback,
     prompt_renderer,
     quiet_progress_bars,
-    save_merged_model,
     say,
-    split_eval,
-    trl_arguments,
+    train_on_completions,
 )
 from training.sft_config import SFTTrainConfig
 
@@ -54,10 +49,6 @@ def train_sft(
         ConfigError: no examples, a payload without ``question``/``steps``, or one
             whose steps are all empty.
     """
-    from datasets import Dataset
-    from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
-
     started = time.monotonic()
     check_examples(examples, ("question", "steps"), "sft")
     for index, example in enumerate(examples):
@@ -78,33 +69,14 @@ def train_sft(
                     "completion_mask": [0] * len(prompt_ids) + [1] * (len(full_ids) - len(prompt_ids)),
                 }
             )
-        train_rows, eval_rows = split_eval(rows, config.eval_fraction, config.seed)
-
-        with tempfile.TemporaryDirectory(prefix="canopy-sft-") as scratch:
-            trainer = SFTTrainer(
-                model=model,
-                args=SFTConfig(**trl_arguments(config, scratch), completion_only_loss=True),
-                train_dataset=Dataset.from_list(train_rows),
-                eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-                processing_class=tokenizer,
-                peft_config=None if config.full_finetune else lora_config(config),
-                callbacks=[progress_callback(progress)],
-            )
-            trainer.remove_callback(PrinterCallback)
-            say(progress, f"training on {len(train_rows)} examples ({len(eval_rows)} held out)")
-            output = trainer.train()
-            eval_loss = trainer.evaluate()["eval_loss"] if eval_rows else None
-
-        say(progress, f"saving {output_dir}")
-        metrics = {"train_loss": output.training_loss, "eval_loss": eval_loss, "steps": output.global_step}
-        output_dir = save_merged_model(
-            trainer.model, tokenizer, output_dir, kind="sft", base_model=base_model, metrics=metrics
+        return train_on_completions(
+            model,
+            tokenizer,
+            rows,
+            config=config,
+            kind="sft",
+            base_model=base_model,
+            output_dir=output_dir,
+            progress=progress,
+            started=started,
         )
-    return TrainResult(
-        output_dir=output_dir,
-        examples=len(examples),
-        steps=output.global_step,
-        train_loss=output.training_loss,
-        eval_loss=eval_loss,
-        seconds=time.monotonic() - started,
-    )
