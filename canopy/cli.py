@@ -45,17 +45,28 @@ class UsageError(Exception):
 def _add_search_settings(parser: argparse.ArgumentParser) -> None:
     """One flag per ``SearchConfig`` field, built from the field's type and help."""
     group = parser.add_argument_group("search settings (override --config)")
-    for field in fields(SearchConfig):
-        flag = "--" + field.name.replace("_", "-")
+    add_settings_flags(group, SearchConfig, _CHOICES)
+
+
+def add_settings_flags(
+    group, settings_class: type, choices: dict[str, tuple[str, ...]] | None = None, *, section: str = ""
+) -> None:
+    """One flag per field of a settings dataclass, typed by its default and
+    helped by its ``metadata["help"]``; unset flags stay out of the namespace.
+    With ``section``, flags read ``--<section>-<field>`` and land in ``<section>.<field>``."""
+    for field in fields(settings_class):
+        flag = "--" + (f"{section}-" if section else "") + field.name.replace("_", "-")
         default = field.default if field.default is not MISSING else field.default_factory()
         kwargs: dict[str, Any] = {
-            "dest": field.name,
+            "dest": f"{section}.{field.name}" if section else field.name,
             "default": argparse.SUPPRESS,
-            "help": f"{field.metadata['help']} (default: {default})",
+            "help": f"{field.metadata.get('help', '')} (default: {default})",
         }
-        if field.name in _CHOICES:
-            kwargs["choices"] = _CHOICES[field.name]
-        if isinstance(default, tuple):
+        if section:
+            kwargs["metavar"] = field.name.upper()
+        if choices and field.name in choices:
+            kwargs["choices"] = choices[field.name]
+        if isinstance(default, tuple | list):
             kwargs["nargs"] = "+"
         elif isinstance(default, bool):
             kwargs["type"] = lambda text: text.lower() in ("1", "true", "yes")

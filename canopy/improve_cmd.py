@@ -26,25 +26,6 @@ def _default(spec) -> Any:
     return spec.default if spec.default is not MISSING else spec.default_factory()
 
 
-def _add_section_flags(parser: argparse.ArgumentParser, section: str, settings_class: type) -> None:
-    group = parser.add_argument_group(f"{section} settings")
-    for spec in fields(settings_class):
-        default = _default(spec)
-        kwargs: dict[str, Any] = {
-            "dest": f"{section}.{spec.name}",
-            "metavar": spec.name.upper(),
-            "default": argparse.SUPPRESS,
-            "help": f"{spec.metadata.get('help', '')} (default: {default})",
-        }
-        if isinstance(default, tuple | list):
-            kwargs["nargs"] = "+"
-        elif isinstance(default, bool):
-            kwargs["type"] = lambda text: text.lower() in ("1", "true", "yes")
-        elif isinstance(default, int | float):
-            kwargs["type"] = type(default)
-        group.add_argument(f"--{section}-{spec.name.replace('_', '-')}", **kwargs)
-
-
 def add_improve_parser(subcommands) -> argparse.ArgumentParser:
     """Add the ``improve`` subcommand to ``subcommands`` (argparse's subparsers)."""
     from canopy import cli  # not at the top: canopy.cli imports this module
@@ -85,7 +66,8 @@ def add_improve_parser(subcommands) -> argparse.ArgumentParser:
     cli._add_search_settings(parser)
     defaults = ImproveConfig(model="x", checkpoints="x")
     for section, name in SECTIONS.items():
-        _add_section_flags(parser, section, type(getattr(defaults, name)))
+        group = parser.add_argument_group(f"{section} settings")
+        cli.add_settings_flags(group, type(getattr(defaults, name)), section=section)
     return parser
 
 
