@@ -31,7 +31,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +54,8 @@ from training.value_config import ValueTrainConfig
 
 STAGES = ("search", "mine", "sft", "dpo", "value", "prm", "orm", "eval_greedy", "eval_mcts", "critics")
 BASE_STAGES = ("eval_greedy", "eval_mcts", "critics")
-TRAINER_CONFIGS = {
-    "sft": SFTTrainConfig,
-    "dpo": DPOTrainConfig,
-    "value": ValueTrainConfig,
-    "prm": PRMTrainConfig,
-    "orm": ORMTrainConfig,
-}
+TRAINED = ("sft", "dpo", "value", "prm", "orm")
+"""Stages that train a checkpoint; each trains on the mined examples of its own kind."""
 CRITIC_COLUMNS = {"value": "value_score", "prm": "prm_score", "orm": "orm_score"}
 
 Log = Callable[[str], None]
@@ -111,31 +106,21 @@ class ImproveConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["search"] = self.search.to_dict()
-        data["mine"]["kinds"] = list(self.mine.kinds)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImproveConfig:
-        nested = {
-            "search": SearchConfig,
-            "mine": MineConfig,
-            "sft": SFTTrainConfig,
-            "dpo_train": DPOTrainConfig,
-            "value": ValueTrainConfig,
-            "prm": PRMTrainConfig,
-            "orm": ORMTrainConfig,
-        }
         known = {spec.name for spec in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown improve setting(s): {', '.join(unknown)}")
         values = dict(data)
-        for name, kind in nested.items():
-            if isinstance(values.get(name), dict):
-                section = dict(values[name])
-                if name == "mine" and "kinds" in section:
-                    section["kinds"] = tuple(section["kinds"])
-                values[name] = SearchConfig.from_dict(section) if kind is SearchConfig else kind(**section)
+        # Sections (search, mine, the trainers) are the fields whose default is a settings class.
+        for spec in fields(cls):
+            section = values.get(spec.name)
+            if spec.default_factory is not MISSING and isinstance(section, dict):
+                kind = spec.default_factory
+                values[spec.name] = kind.from_dict(section) if kind is SearchConfig else kind(**section)
         return cls(**values)
 
 
@@ -524,7 +509,7 @@ def critic_frame(engine: Engine, run_id: int) -> pd.DataFrame:
 STAGE_FUNCTIONS = {
     "search": _stage_search,
     "mine": _stage_mine,
-    **{kind: _stage_trainer(kind) for kind in TRAINER_CONFIGS},
+    **{kind: _stage_trainer(kind) for kind in TRAINED},
     "eval_greedy": _stage_eval("greedy"),
     "eval_mcts": _stage_eval("mcts"),
     "critics": _stage_critics,
