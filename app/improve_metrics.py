@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 GROUPS = {
     "accuracy": ("Accuracy on held-out problems", ("acc",)),
-    "critics": ("Critics on held-out trees (precision, recall, ECE)", ("critics.",)),
+    "critics": ("Critics (precision, recall, ECE)", ("critics.",)),
     "data": ("Training data sizes", ("example", "pairs", "size", "count", "prompts", "samples")),
     "loss": ("Training losses", ("loss",)),
     "tokens": ("Generated tokens per problem", ("tokens",)),

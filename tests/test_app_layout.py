@@ -183,7 +183,7 @@ def test_metrics_are_grouped_by_kind() -> None:
     charts = grouped(metric_table(pd.DataFrame({"id": [1], "name": ["a"], "metrics": [loop]})))
     assert {title: sorted(frame.columns) for title, frame in charts.items()} == {
         "Accuracy on held-out problems": ["accuracy.greedy", "accuracy.mcts"],
-        "Critics on held-out trees (precision, recall, ECE)": [
+        "Critics (precision, recall, ECE)": [
             "critics.value.ece",
             "critics.value.precision",
             "critics.value.recall",
