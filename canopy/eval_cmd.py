@@ -30,7 +30,10 @@ def add_eval_parser(subcommands) -> argparse.ArgumentParser:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--method", choices=METHODS, help="Evaluate one method.")
     what.add_argument(
-        "--compare", metavar="M1,M2,...", help=f"Comparison of several methods ({', '.join(METHODS)})."
+        "--compare",
+        metavar="M1,M2,...",
+        help=f"Comparison of several methods ({', '.join(METHODS)}); the same command again on the same "
+        "--db continues its runs instead of redoing them.",
     )
     what.add_argument(
         "--ablation", action="store_true", help="MCTS with each component added in turn (AlphaLLM Table 3)."
@@ -176,6 +179,12 @@ def _announce(run_id: int) -> None:
     cli._log(f"eval run {run_id} started; if it stops, continue with `canopy eval --resume {run_id}`")
 
 
+def _announce_continued(run_id: int) -> None:
+    from canopy import cli  # not at the top: canopy.cli imports this module
+
+    cli._log(f"continuing eval run {run_id}, made earlier with these same settings")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from canopy import cli  # not at the top: canopy.cli imports this module
     from engine.api import build_components
@@ -237,6 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 png=not args.no_png,
                 on_problem=progress,
                 on_run_created=_announce,
+                on_run_continued=_announce_continued,
                 meta=meta,
                 equal_tokens=args.equal_tokens,
             )

@@ -6,8 +6,9 @@ tree) and is resumable: given the run id again it skips problems whose tree is
 completed and finishes the rest (an unfinished MCTS tree resumes from its last
 committed simulation; an unfinished baseline tree is redone). ``compare`` runs
 several methods on the same problems and writes a Markdown table and an
-accuracy-vs-generated-tokens chart; ``run_ablation`` adds MCTS's components one
-at a time, after AlphaLLM's Table 3.
+accuracy-vs-generated-tokens chart; run again with the same settings on the same
+database it continues (or just re-reports) the runs it made before.
+``run_ablation`` adds MCTS's components one at a time, after AlphaLLM's Table 3.
 """
 
 from __future__ import annotations
@@ -191,6 +192,34 @@ def check_resumable(engine: Engine, run_id: int, *, method: str, settings: EvalS
         raise RunNotResumable(f"run {run_id} evaluated {run.method}, not {method}")
     if run.config.get("settings") != settings.to_dict():
         raise RunNotResumable(f"run {run_id} was made with other settings; resume it with its own")
+
+
+def matching_run(
+    engine: Engine,
+    *,
+    method: str,
+    components: Components,
+    task: str,
+    settings: EvalSettings,
+    meta: dict[str, Any] | None = None,
+) -> int | None:
+    """The newest eval run (outside any improve iteration) that ``evaluate`` would
+    make for exactly these arguments, or None: what a repeated comparison continues."""
+    config = {"settings": settings.to_dict(), "meta": dict(meta or {})}
+    with Session(engine) as session:
+        runs = session.exec(
+            select(schema.Run)
+            .where(
+                schema.Run.kind == "eval",
+                schema.Run.method == method,
+                schema.Run.model == components.policy.name,
+                schema.Run.task == task,
+                schema.Run.rollout_model == getattr(components.rollout_policy, "name", None),
+                schema.Run.iteration_id.is_(None),
+            )
+            .order_by(schema.Run.id.desc())
+        ).all()
+    return next((run.id for run in runs if run.config == config), None)
 
 
 def _evaluate_problems(
@@ -421,11 +450,17 @@ def compare(
     on_problem: Callable[[str, ProblemRecord, int, int], None] | None = None,
     meta: dict[str, Any] | None = None,
     on_run_created: Callable[[int], None] | None = None,
+    on_run_continued: Callable[[int], None] | None = None,
     png: bool = True,
     equal_tokens: bool = False,
 ) -> Report:
     """Evaluate each method on the same problems (one run each) and write the report
     (``png=False`` skips the image export, which starts a headless Chrome).
+
+    A method that already has a run with these exact settings, problems and
+    models in ``engine`` (``matching_run``) continues that run instead of
+    starting anew (``on_run_continued`` gets its id): an interrupted comparison
+    is resumed by running the same command again, and a finished one re-reported.
 
     With ``equal_tokens`` greedy and MCTS run first, and the sampling methods
     (self-consistency, best-of-N) then draw ``round(MCTS tokens / greedy
@@ -436,6 +471,8 @@ def compare(
         raise ConfigError(
             f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}"
         )
+    if not problems:
+        raise ConfigError("no problems to evaluate")
     if equal_tokens and not {"greedy", "mcts"} <= set(methods):
         raise ConfigError("equal tokens sets the sample count from greedy and mcts: compare both")
     order = (
@@ -456,12 +493,23 @@ def compare(
             samples = max(1, round(results["mcts"].generated_tokens / greedy_tokens))
             method_settings = replace(settings, samples=samples)
             labels[method] = f"{method} (n={samples})"
+        run_id = matching_run(
+            engine,
+            method=method,
+            components=components,
+            task=problems[0].task,
+            settings=method_settings,
+            meta=meta,
+        )
+        if run_id is not None and on_run_continued is not None:
+            on_run_continued(run_id)
         results[method] = evaluate(
             engine,
             method=method,
             problems=problems,
             components=components,
             settings=method_settings,
+            run_id=run_id,
             on_problem=callback,
             meta=meta,
             on_run_created=on_run_created,

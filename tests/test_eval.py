@@ -306,6 +306,64 @@ def test_equal_tokens_sizes_the_sampling_methods_from_mcts(engine, tmp_path) -> 
         )
 
 
+def test_a_repeated_compare_continues_its_own_runs_and_only_those(engine, tmp_path) -> None:
+    first = compare(
+        engine,
+        methods=["greedy", "mcts"],
+        problems=PROBLEMS[:2],
+        components=_components(),
+        settings=_settings(),
+        out_dir=tmp_path / "a",
+        png=False,
+        meta={"problems": "first two"},
+    )
+    greedy_run = first.results[0].run_id
+    with Session(engine) as session:  # as if the search was stopped before its last tree
+        tree = session.exec(
+            select(schema.Tree).where(schema.Tree.run_id == first.results[1].run_id).order_by(schema.Tree.id)
+        ).all()[-1]
+        tree.status = "interrupted"
+        session.add(tree)
+        session.commit()
+    continued = []
+    again = compare(
+        engine,
+        methods=["greedy", "mcts", "self-consistency"],
+        problems=PROBLEMS[:2],
+        components=_components(),
+        settings=_settings(),
+        out_dir=tmp_path / "b",
+        png=False,
+        meta={"problems": "first two"},
+        on_run_continued=continued.append,
+    )
+    assert continued == [greedy_run, first.results[1].run_id]
+    greedy, mcts, sampled = again.results
+    assert all(record.from_store for record in greedy.records)
+    assert [record.from_store for record in mcts.records] == [True, False], "only the unfinished tree reruns"
+    assert sampled.run_id not in continued
+    other = compare(  # other settings or other problems are other runs
+        engine,
+        methods=["greedy", "mcts"],
+        problems=PROBLEMS[:2],
+        components=_components(),
+        settings=_settings(samples=2),
+        out_dir=tmp_path / "c",
+        png=False,
+        meta={"problems": "first two"},
+    )
+    assert other.results[0].run_id not in continued and other.results[1].run_id not in continued
+    with pytest.raises(ConfigError, match="no problems"):
+        compare(
+            engine,
+            methods=["greedy", "mcts"],
+            problems=[],
+            components=_components(),
+            settings=_settings(),
+            out_dir=tmp_path,
+        )
+
+
 def test_ablation_configs_add_one_component_per_row() -> None:
     base = SearchConfig(similarity="edit", rollouts=2)
     rows = ablation_configs(base)
