@@ -9,7 +9,8 @@ from the store and print one JSON object that separates the possible causes:
   reached the gold answer from those that did not (ROC AUC: 0.5 is chance).
   ORM and tool scores are judged per rollout or terminal node; PRM, combined
   score and Q per node, against the node's verified outcome.
-- branching and termination: tree width, depth, terminal nodes, answer diversity.
+- branching and termination: tree width, depth, terminal nodes, answer
+  diversity, and how many trajectories stopped (token cap) before any answer.
 - cost: generated tokens split into options and rollouts.
 
 With ``--greedy RUN`` the problems are paired with a greedy run on the same
@@ -95,7 +96,7 @@ def diagnose(db: str, mcts_run: int, greedy_run: int | None = None) -> dict:
         name: [] for name in ("prm", "orm", "tool", "combined", "q")
     }
     selection_hits = Counter()
-    found = found_not_chosen = answered = 0
+    found = found_not_chosen = answered = trajectories_total = trajectories_answered = 0
     shape = {"nodes": [], "max_depth": [], "root_children": [], "terminal": [], "filtered": [], "answers": []}
     tokens = {"generated": [], "options": [], "rollouts": []}
     paired = Counter()
@@ -122,6 +123,8 @@ def diagnose(db: str, mcts_run: int, greedy_run: int | None = None) -> dict:
             for name, score in (("orm", orm), ("tool", tool)):
                 if present(score):
                     critics[name].append((float(score), bool(hit)))
+        trajectories_total += len(trajectories)
+        trajectories_answered += sum(present(answer) for answer, _, _ in trajectories)
         any_hit = any(present(a) and answers_match(str(a), str(answer_gold)) for a, _, _ in trajectories)
         found += any_hit
         found_not_chosen += any_hit and not tree.correct
@@ -147,6 +150,8 @@ def diagnose(db: str, mcts_run: int, greedy_run: int | None = None) -> dict:
         "problems": n,
         "accuracy": round(sum(bool(t.correct) for t in trees) / n, 3) if n else None,
         "answered": answered,
+        "trajectories": trajectories_total,
+        "trajectories_with_an_answer": trajectories_answered,
         "accuracy_by_selection": {rule: selection_hits[rule] for rule in SELECTIONS},
         "found_in_tree": found,
         "found_not_chosen": found_not_chosen,
