@@ -189,6 +189,24 @@ def test_one_node_tree_and_failed_run(seeded: SeedInfo, use_db) -> None:
     assert any("policy crashed at simulation 3" in c for c in texts(app, "code"))
 
 
+def test_trees_replay_plays_to_the_end_and_stops(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    tree_id = seeded.tree_ids["a1"]
+    app = open_page("views/trees.py", state={"focus": {"tree_id": tree_id, "node": 0}})
+    app.toggle(key=f"trees.replay.{tree_id}").set_value(True).run()
+    slider = app.slider(key=f"trees.sim.{tree_id}")
+    last = slider.max
+    assert slider.value == last > 2, "the replay opens on the finished tree"
+    slider.set_value(last - 2).run()
+    assert_clean(app)
+    assert app.slider(key=f"trees.sim.{tree_id}").value == last - 2
+    app.button(key=f"trees.playing.{tree_id}.button").click().run()  # AppTest follows the reruns
+    assert_clean(app)
+    assert app.slider(key=f"trees.sim.{tree_id}").value == last, "played on to the last simulation"
+    assert app.session_state[f"trees.playing.{tree_id}"] is False, "and stopped there"
+    assert [b.label for b in app.button if b.key == f"trees.playing.{tree_id}.button"] == ["Play"]
+
+
 def test_trees_filters_and_compare(seeded: SeedInfo, use_db) -> None:
     use_db(seeded.url)
     app = open_page("views/trees.py")

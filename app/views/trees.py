@@ -1,5 +1,6 @@
 """Trees: find a tree, draw it, replay its growth, inspect any node; compare two trees."""
 
+import time
 from datetime import date
 
 import pandas as pd
@@ -30,6 +31,7 @@ FILTER_KEYS = (
     "trees.f.dates",
 )
 RESULTS = {"correct": True, "wrong": False, "not graded": None}
+PLAY_SECONDS = 0.8  # how long each simulation stays on screen while the replay plays
 
 url = data.db_url()
 st.title("Trees")
@@ -125,6 +127,45 @@ def pick_tree(label: str, options: pd.DataFrame, key: str, index: int = 0) -> pd
     return options[options["id"] == tree_id].iloc[0]
 
 
+def replay_controls(tree_id: int, done: int) -> int:
+    """A simulation slider with Play/Pause; the simulation to draw the tree after."""
+    sim_key, play_key = f"trees.sim.{tree_id}", f"trees.playing.{tree_id}"
+    pending = st.session_state.pop(f"{sim_key}.next", None)
+    if pending is not None:  # the next frame of a playing replay (set before the slider exists)
+        st.session_state[sim_key] = pending
+    if sim_key not in st.session_state:
+        st.session_state[sim_key] = done - 1
+
+    def toggle_play() -> None:
+        playing = not st.session_state.get(play_key, False)
+        st.session_state[play_key] = playing
+        if playing and st.session_state[sim_key] >= done - 1:
+            st.session_state[sim_key] = 0  # played to the end before: start over
+
+    slider, button = st.columns([6, 1], vertical_alignment="bottom")
+    upto = slider.slider("Show the tree after simulation", 0, done - 1, key=sim_key)
+    if upto >= done - 1:
+        st.session_state[play_key] = False
+    playing = st.session_state.get(play_key, False)
+    button.button(
+        "Pause" if playing else "Play",
+        icon=":material/pause:" if playing else ":material/play_arrow:",
+        key=f"{play_key}.button",
+        on_click=toggle_play,
+        help="Step through the simulations, one every second or so.",
+    )
+    return upto
+
+
+def advance_replay(tree_id: int, upto: int | None) -> None:
+    """While a replay plays, wait a moment and rerun showing the next simulation."""
+    if upto is None or not st.session_state.get(f"trees.playing.{tree_id}", False):
+        return
+    time.sleep(PLAY_SECONDS)
+    st.session_state[f"trees.sim.{tree_id}.next"] = upto + 1
+    st.rerun()
+
+
 def explore(tree: pd.Series) -> None:
     tree_id = int(tree["id"])
     run = runs[runs["id"] == tree["run_id"]].iloc[0]
@@ -142,17 +183,14 @@ def explore(tree: pd.Series) -> None:
         key="trees.show_filtered",
         help="Draw the near-duplicate options the similarity filter dropped.",
     )
-    upto = None
     done = int(tree["simulations_done"])
     with controls[2]:
-        if done > 1 and st.toggle(
+        replaying = done > 1 and st.toggle(
             "Replay growth",
             key=f"trees.replay.{tree_id}",
             help="Show the tree as it stood after an earlier simulation.",
-        ):
-            upto = st.slider(
-                "Show the tree after simulation", 0, done - 1, done - 1, key=f"trees.sim.{tree_id}"
-            )
+        )
+    upto = replay_controls(tree_id, done) if replaying else None
     snapshot, nodes, filtered = snapshot_at(url, tree_id, upto)
     if len(nodes) <= 1:
         st.info("This tree has only its root: the search stopped before it expanded the question.")
@@ -172,6 +210,7 @@ def explore(tree: pd.Series) -> None:
         node_detail(tree, snapshot.nodes, snapshot.filtered, selected_index(tree_id))
     with st.expander(f"All {len(snapshot.nodes)} nodes as a table — click a row to inspect it"):
         node_table(snapshot.nodes, tree_id=tree_id, key=f"trees.table.{tree_id}.{upto}", chosen_path=chosen)
+    advance_replay(tree_id, upto)
 
 
 def compare() -> None:
