@@ -507,6 +507,10 @@ def test_cmd_eval_compare_writes_the_report(tmp_path, capsys, fake_model) -> Non
     printed = capsys.readouterr().out
     assert "| greedy |" in printed and "| best-of-n |" in printed
     assert (out_dir / "compare.md").exists() and (out_dir / "compare.html").exists()
+    assert cmd_eval(_args(*argv, "--model", "smollm2-135m")) == 0
+    again = capsys.readouterr()
+    assert again.err.count("continuing eval run") == 2, "the same command re-reports the stored runs"
+    assert again.out == printed
 
 
 @pytest.mark.parametrize(
