@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -19,10 +19,18 @@ from sqlmodel import Session
 
 from engine.calibration import verified_outcome
 from store.db import StoreError, default_db_url, make_engine, normalize_url
-from store.schema import FilteredOption, Iteration, Node, Problem, Run, SearchEvent, TrainingExample, Tree
-
-HEARTBEAT_TIMEOUT = timedelta(seconds=60)
-"""A "running" run whose heartbeat is older than this has no writer any more."""
+from store.schema import (
+    HEARTBEAT_TIMEOUT,
+    FilteredOption,
+    Iteration,
+    Node,
+    Problem,
+    Run,
+    SearchEvent,
+    TrainingExample,
+    Tree,
+)
+from store.schema import as_utc as schema_as_utc
 
 SCORE_COLUMNS = {
     "value": "value_score",
@@ -104,9 +112,7 @@ def present(value: Any) -> bool:
 
 def as_utc(moment: datetime | None) -> datetime | None:
     """Stored times are UTC; older rows may come back without a timezone."""
-    if not present(moment):
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return schema_as_utc(moment) if present(moment) else None
 
 
 def run_state(status: str, heartbeat_at: datetime | None, now: datetime | None = None) -> str:

@@ -18,7 +18,15 @@ from sqlmodel import Session, select
 from engine.answer_selection import choose_answers
 from engine.config import SearchConfig
 from engine.critics import Critics
-from engine.persist import Heartbeat, StoreSink, create_run, create_tree, load_tree, set_run_status
+from engine.persist import (
+    Heartbeat,
+    StoreSink,
+    create_run,
+    create_tree,
+    load_tree,
+    set_run_status,
+    writer_alive,
+)
 from engine.search import run_search
 from engine.tree import Tree
 from engine.types import Policy, Problem
@@ -234,6 +242,8 @@ def run_to_resume(engine: Engine, run_id: int) -> tuple[schema.Run, schema.Tree]
     unfinished = [tree for tree in trees if tree.status != "completed"]
     if run.status == "completed" or not unfinished:
         raise RunNotResumable(f"run {run_id} is already complete; nothing to resume")
+    if writer_alive(run):
+        raise RunNotResumable(f"run {run_id} is being written right now by process {run.pid}; stop it first")
     return run, unfinished[0]
 
 

@@ -33,6 +33,7 @@ from engine.persist import (
     find_or_add_problem,
     load_tree,
     set_run_status,
+    writer_alive,
 )
 from engine.types import Problem
 from store import schema
@@ -186,8 +187,11 @@ def eval_run(engine: Engine, run_id: int) -> schema.Run:
 
 
 def check_resumable(engine: Engine, run_id: int, *, method: str, settings: EvalSettings) -> None:
-    """Refuse to continue a run with another method or other settings."""
+    """Refuse to continue a run with another method or other settings, or one
+    another process is still writing."""
     run = eval_run(engine, run_id)
+    if writer_alive(run):
+        raise RunNotResumable(f"run {run_id} is being written right now by process {run.pid}; stop it first")
     if run.method != method:
         raise RunNotResumable(f"run {run_id} evaluated {run.method}, not {method}")
     if run.config.get("settings") != settings.to_dict():

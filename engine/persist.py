@@ -274,6 +274,24 @@ def set_run_status(engine: Engine, run_id: int, status: str, *, error: str | Non
         session.commit()
 
 
+def writer_alive(run: schema.Run) -> bool:
+    """Whether another process is writing ``run`` right now: it is "running",
+    its heartbeat is fresh and, where it ran on this machine, its process exists."""
+    if run.status != "running" or run.pid == os.getpid():
+        return False
+    if utcnow() - schema.as_utc(run.heartbeat_at) > schema.HEARTBEAT_TIMEOUT:
+        return False
+    if run.pid is None:
+        return True
+    try:
+        os.kill(run.pid, 0)
+    except ProcessLookupError:
+        return False  # killed hard moments ago: its heartbeat is fresh, its process gone
+    except PermissionError:
+        return True
+    return True
+
+
 class Heartbeat:
     """Stamps ``run.heartbeat_at`` every ``interval`` seconds from a daemon thread
     while a run works, so readers can tell a slow run from a dead one."""

@@ -8,7 +8,7 @@ without rewriting ids. Nothing here imports torch or the engine.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
@@ -17,9 +17,17 @@ from sqlmodel import Field, SQLModel
 SCHEMA_VERSION = 1
 """Bumped on every incompatible change; stored in ``schemainfo``."""
 
+HEARTBEAT_TIMEOUT = timedelta(seconds=60)
+"""A "running" run whose heartbeat is older than this has no writer any more."""
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Stored times are UTC; SQLite hands them back without a timezone."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _json(default: Any) -> Any:

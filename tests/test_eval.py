@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlmodel import Session, select
@@ -221,6 +225,30 @@ def test_resume_refuses_another_method_other_settings_or_a_search_run(engine) ->
     )
     with pytest.raises(RunNotResumable, match="not an evaluation"):
         check_resumable(engine, search.run_id, method="mcts", settings=_settings())
+
+
+def test_resume_refuses_a_run_another_live_process_is_writing(engine) -> None:
+    result = evaluate(
+        engine, method="greedy", problems=PROBLEMS[:1], components=_components(), settings=_settings()
+    )
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid whose process has exited
+    gone.wait()
+
+    def writer(pid: int, beat_age: float) -> None:
+        with Session(engine) as session:
+            run = session.get(schema.Run, result.run_id)
+            run.status, run.pid = "running", pid
+            run.heartbeat_at = datetime.now(UTC) - timedelta(seconds=beat_age)
+            session.add(run)
+            session.commit()
+
+    writer(os.getppid(), beat_age=5)  # pytest's parent: alive, heartbeat fresh
+    with pytest.raises(RunNotResumable, match="being written right now"):
+        check_resumable(engine, result.run_id, method="greedy", settings=_settings())
+    writer(os.getppid(), beat_age=120)  # a stale heartbeat: its writer is gone
+    check_resumable(engine, result.run_id, method="greedy", settings=_settings())
+    writer(gone.pid, beat_age=5)  # killed hard a moment ago: fresh heartbeat, no process
+    check_resumable(engine, result.run_id, method="greedy", settings=_settings())
 
 
 def test_bad_requests_are_config_errors(engine) -> None:
