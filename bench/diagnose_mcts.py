@@ -7,8 +7,9 @@ from the store and print one JSON object that separates the possible causes:
   each of the four selection rules stored with every tree (vote, visits, q, orm).
 - critic quality: how well each critic's score separates trajectories that
   reached the gold answer from those that did not (ROC AUC: 0.5 is chance).
-  ORM and tool scores are judged per rollout or terminal node; PRM, combined
-  score and Q per node, against the node's verified outcome.
+  ORM and tool scores are judged per rollout or terminal node ("orm_answered":
+  only those that stated an answer, the ones an answer-selection rule ranks);
+  PRM, combined score and Q per node, against the node's verified outcome.
 - branching and termination: tree width, depth, terminal nodes, answer
   diversity, and how many trajectories stopped (token cap) before any answer.
 - cost: generated tokens split into options and rollouts.
@@ -93,7 +94,7 @@ def diagnose(db: str, mcts_run: int, greedy_run: int | None = None) -> dict:
                 if t.status == "completed"
             }
     critics: dict[str, list[tuple[float, bool]]] = {
-        name: [] for name in ("prm", "orm", "tool", "combined", "q")
+        name: [] for name in ("prm", "orm", "orm_answered", "tool", "combined", "q")
     }
     selection_hits = Counter()
     found = found_not_chosen = answered = trajectories_total = trajectories_answered = 0
@@ -123,6 +124,8 @@ def diagnose(db: str, mcts_run: int, greedy_run: int | None = None) -> dict:
             for name, score in (("orm", orm), ("tool", tool)):
                 if present(score):
                     critics[name].append((float(score), bool(hit)))
+            if present(answer) and present(orm):  # what an answer-selection rule ranks
+                critics["orm_answered"].append((float(orm), bool(hit)))
         trajectories_total += len(trajectories)
         trajectories_answered += sum(present(answer) for answer, _, _ in trajectories)
         any_hit = any(present(a) and answers_match(str(a), str(answer_gold)) for a, _, _ in trajectories)

@@ -49,7 +49,10 @@ def test_diagnosis_of_stored_runs(tmp_path) -> None:
     assert sum(paired[key] for key in ("mcts_only", "greedy_only", "both", "neither")) == 3
     assert paired["both"] + paired["mcts_only"] == correct
     assert 0 < found["trajectories_with_an_answer"] <= found["trajectories"]
-    assert found["critic_auc"]["orm"]["n"] > 0 and found["tree_means"]["nodes"] > 1
+    assert (
+        found["critic_auc"]["orm"]["n"] >= found["critic_auc"]["orm_answered"]["n"] > 0
+        and found["tree_means"]["nodes"] > 1
+    )
     assert found["token_means"]["generated"] == pytest.approx(mcts.generated_tokens, abs=0.01)
     with pytest.raises(SystemExit, match="not an MCTS eval run"):
         diagnose_mcts.diagnose(db, greedy.run_id)
