@@ -250,7 +250,12 @@ def self_consistency(question: str, *, policy: Policy, settings: EvalSettings) -
 
 
 def best_of_n(question: str, *, policy: Policy, critics: Critics, settings: EvalSettings) -> BaselineOutcome:
-    """The same completions as ``self_consistency`` (same seed), the ORM's favourite wins.
+    """The completions ``self_consistency`` would draw (same seed), the ORM's favourite wins.
+
+    On llama.cpp they match only while the KV cache holds the same thing: its
+    quantized logits depend on how a prompt is batched, so after the ORM has read
+    its prompts the next problem's samples can differ from self-consistency's.
+    ``answers["vote"]`` is the majority over these very samples.
 
     Completions that state an answer rank above those that do not; among them
     the highest ORM score wins, ties to the earlier sample. Without an ORM the
