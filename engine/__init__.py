@@ -8,6 +8,7 @@ from typing import Any
 
 _EXPORTS = {
     "SearchConfig": "engine.config",
+    "CriticModels": "engine.config",
     "Problem": "engine.types",
     "Tree": "engine.tree",
     "run_search": "engine.search",
@@ -17,6 +18,8 @@ _EXPORTS = {
     "SearchResult": "engine.api",
     "load_policy": "engine.policies",
     "evaluate": "engine.evaluate",
+    "compare": "engine.compare",
+    "run_ablation": "engine.compare",
 }
 
 __all__ = sorted(_EXPORTS)

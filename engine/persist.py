@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -23,6 +23,8 @@ from engine.tree import FilteredRecord, Node, Tree
 from engine.types import NO_PARENT, CriticScores, Option, Problem, Rollout, SearchEvent
 from store import schema
 from store.schema import utcnow
+
+T = TypeVar("T")
 
 
 def _node_fields(node: Node, root_state: tuple[int, ...]) -> dict[str, Any]:
@@ -275,21 +277,8 @@ def set_run_status(engine: Engine, run_id: int, status: str, *, error: str | Non
 
 
 def writer_alive(run: schema.Run) -> bool:
-    """Whether another process is writing ``run`` right now: it is "running",
-    its heartbeat is fresh and, where it ran on this machine, its process exists."""
-    if run.status != "running" or run.pid == os.getpid():
-        return False
-    if utcnow() - schema.as_utc(run.heartbeat_at) > schema.HEARTBEAT_TIMEOUT:
-        return False
-    if run.pid is None:
-        return True
-    try:
-        os.kill(run.pid, 0)
-    except ProcessLookupError:
-        return False  # killed hard moments ago: its heartbeat is fresh, its process gone
-    except PermissionError:
-        return True
-    return True
+    """Whether another process is writing ``run`` right now (``schema.run_is_live``)."""
+    return run.pid != os.getpid() and schema.run_is_live(run.status, run.heartbeat_at, run.pid)
 
 
 class Heartbeat:
@@ -318,6 +307,23 @@ class Heartbeat:
     def __exit__(self, *exc_info) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def tracked_run(engine: Engine, run_id: int, work: Callable[[], T]) -> T:
+    """``work()`` under run ``run_id``'s heartbeat; the run ends "completed",
+    "interrupted" (Ctrl-C, SIGTERM) or "failed" (any other exception, which
+    propagates), so the store never shows a dead run as running."""
+    try:
+        with Heartbeat(engine, run_id):
+            result = work()
+    except KeyboardInterrupt:
+        set_run_status(engine, run_id, "interrupted", error="interrupted by the user")
+        raise
+    except Exception as exc:
+        set_run_status(engine, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    set_run_status(engine, run_id, "completed")
+    return result
 
 
 def load_tree(engine: Engine, tree_id: int) -> tuple[Tree, Problem]:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
 
 ROOT_INDEX = 0
 """Tree-local index of the root node."""
@@ -223,6 +226,27 @@ class ValueCritic(Protocol):
     """Expected return of the states the trajectories reach, in [0, 1] (value head)."""
 
     def score_states(self, requests: Sequence[TrajectoryRequest]) -> list[float]: ...
+
+
+class TrueFalseScorer(Protocol):
+    """A backend that reads (system, user) chat prompts and gives p("True") of
+    each reply, in [0, 1]: what the generative PRM and ORM run on."""
+
+    def score_true(self, prompts: Sequence[tuple[str, str]]) -> list[float]: ...
+
+
+@runtime_checkable
+class HiddenStateReader(Protocol):
+    """A backend that reads states and gives their final hidden state (what the
+    value head scores). Only backends that can read them implement it."""
+
+    def root_state(self, question: str) -> tuple[int, ...]: ...
+
+    def extend(self, state: tuple[int, ...], text: str) -> tuple[int, ...]: ...
+
+    def last_hidden(self, states: Sequence[tuple[int, ...]]) -> torch.Tensor:
+        """One row per state: shape ``(len(states), hidden_size)``, on any device."""
+        ...
 
 
 TerminationFn = Callable[[str], str | None]

@@ -123,3 +123,21 @@ class FakeORM:
 
 def exact_similarity(candidates: Sequence[str], existing: Sequence[str]) -> list[list[float]]:
     return [[1.0 if a == b else 0.0 for b in existing] for a in candidates]
+
+
+def fake_components(policy: FakePolicy | None = None, config=None, critic_models=None):
+    """``engine.api.Components`` around a ``FakePolicy`` with the fake critics
+    that ``config`` (a ``SearchConfig``, default: the defaults) turns on."""
+    from engine.api import Components
+    from engine.config import CriticModels, SearchConfig
+    from engine.critics import Critics
+
+    policy = policy or FakePolicy()
+    config = config or SearchConfig()
+    critics = Critics(
+        prm=FakePRM() if config.weight_prm > 0 else None,
+        orm=FakeORM() if config.weight_orm > 0 else None,
+    )
+    similarity = None if config.similarity == "off" else exact_similarity
+    sources = {name: f"fake {name}" for name in ("value", "prm", "orm", "tool")}
+    return Components(policy, policy, critics, similarity, critic_models or CriticModels(), sources)

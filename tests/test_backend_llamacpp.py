@@ -246,9 +246,10 @@ def test_a_search_runs_on_it(policy) -> None:
     assert len(tree.nodes) > 1 and tree.generated_tokens > 0
 
 
-def test_last_hidden_points_to_the_hf_value_model(policy) -> None:
-    with pytest.raises(NotImplementedError, match="own HF model"):
-        policy.last_hidden([policy.root_state(QUESTION)])
+def test_reads_no_hidden_states_so_the_value_head_gets_its_own_model(policy) -> None:
+    from engine.types import HiddenStateReader
+
+    assert not isinstance(policy, HiddenStateReader), "build_components loads an hf reader instead"
 
 
 def test_load_errors_are_one_line_and_name_the_fix(tmp_path, monkeypatch) -> None:

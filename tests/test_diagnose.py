@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.evaluate import compare
+from engine.compare import compare
 from store.db import make_engine
 from tests.test_eval import PROBLEMS, _components, _settings
 

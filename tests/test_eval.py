@@ -12,15 +12,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import Session, select
 
-from engine.api import Components, RunNotResumable, search_problem
+from engine.api import RunNotResumable, search_problem
 from engine.baselines import EvalSettings
-from engine.config import ConfigError, SearchConfig
-from engine.critics import Critics
-from engine.evaluate import ablation_configs, check_resumable, compare, evaluate, run_ablation
+from engine.compare import ablation_configs, compare, run_ablation
+from engine.config import ConfigError, CriticModels, SearchConfig
+from engine.evaluate import check_resumable, evaluate, matching_run
 from engine.types import Option, Problem
 from store import schema
 from store.db import make_engine
-from tests.fakes import FakeORM, FakePolicy, FakePRM, exact_similarity
+from tests.fakes import FakePolicy, fake_components
 
 PROBLEMS = [
     Problem(
@@ -33,16 +33,7 @@ PROBLEMS = [
 ]
 
 
-def _components(policy: FakePolicy | None = None, config: SearchConfig | None = None) -> Components:
-    policy = policy or FakePolicy()
-    config = config or SearchConfig()
-    critics = Critics(
-        prm=FakePRM() if config.weight_prm > 0 else None,
-        orm=FakeORM() if config.weight_orm > 0 else None,
-    )
-    similarity = None if config.similarity == "off" else exact_similarity
-    info = {name: {"active": weight > 0} for name, weight in critics.weights(config).items()}
-    return Components(policy, policy, critics, similarity, info)
+_components = fake_components
 
 
 def _settings(**overrides) -> EvalSettings:
@@ -204,9 +195,16 @@ def test_resume_refuses_another_method_other_settings_or_a_search_run(engine) ->
         engine, method="greedy", problems=PROBLEMS[:1], components=_components(), settings=_settings()
     )
     with pytest.raises(RunNotResumable, match="evaluated greedy, not mcts"):
-        check_resumable(engine, result.run_id, method="mcts", settings=_settings())
+        check_resumable(engine, result.run_id, method="mcts", settings=_settings(), components=_components())
     with pytest.raises(RunNotResumable, match="other settings"):
-        check_resumable(engine, result.run_id, method="greedy", settings=_settings(samples=9))
+        check_resumable(
+            engine, result.run_id, method="greedy", settings=_settings(samples=9), components=_components()
+        )
+    with pytest.raises(RunNotResumable, match="other settings"):
+        other_critics = _components(critic_models=CriticModels(prm="/trained/prm"))
+        check_resumable(
+            engine, result.run_id, method="greedy", settings=_settings(), components=other_critics
+        )
     with pytest.raises(RunNotResumable, match="no run with id 77"):
         evaluate(
             engine,
@@ -224,7 +222,7 @@ def test_resume_refuses_another_method_other_settings_or_a_search_run(engine) ->
         components=_components(),
     )
     with pytest.raises(RunNotResumable, match="not an evaluation"):
-        check_resumable(engine, search.run_id, method="mcts", settings=_settings())
+        check_resumable(engine, search.run_id, method="mcts", settings=_settings(), components=_components())
 
 
 def test_resume_refuses_a_run_another_live_process_is_writing(engine) -> None:
@@ -243,12 +241,13 @@ def test_resume_refuses_a_run_another_live_process_is_writing(engine) -> None:
             session.commit()
 
     writer(os.getppid(), beat_age=5)  # pytest's parent: alive, heartbeat fresh
+    components = _components()
     with pytest.raises(RunNotResumable, match="being written right now"):
-        check_resumable(engine, result.run_id, method="greedy", settings=_settings())
+        check_resumable(engine, result.run_id, method="greedy", settings=_settings(), components=components)
     writer(os.getppid(), beat_age=120)  # a stale heartbeat: its writer is gone
-    check_resumable(engine, result.run_id, method="greedy", settings=_settings())
+    check_resumable(engine, result.run_id, method="greedy", settings=_settings(), components=components)
     writer(gone.pid, beat_age=5)  # killed hard a moment ago: fresh heartbeat, no process
-    check_resumable(engine, result.run_id, method="greedy", settings=_settings())
+    check_resumable(engine, result.run_id, method="greedy", settings=_settings(), components=components)
 
 
 def test_bad_requests_are_config_errors(engine) -> None:
@@ -419,42 +418,76 @@ def test_ablation_configs_add_one_component_per_row() -> None:
     assert configs["+ PRM"].weight_prm == 1.0 and configs["+ PRM"].rollouts == 0
     assert configs["+ rollouts + ORM"].rollouts == 2 and configs["+ rollouts + ORM"].weight_orm == 1.0
     assert configs["+ tool checker"].weight_tool == 1.0 and configs["+ tool checker"].weight_value == 0
-    with_value = ablation_configs(base, value_checkpoint="/ckpt")
+    with_value = ablation_configs(base, value_head=True)
     assert [name for name, _ in with_value][5] == "+ value head"
-    assert with_value[5][1].value_checkpoint == "/ckpt" and with_value[5][1].weight_value == 1.0
+    assert with_value[4][1].weight_value == 0 and with_value[5][1].weight_value == 1.0
     assert all(
         config.seed == base.seed and config.simulations == base.simulations for _, config in with_value
     )
 
 
 def test_run_ablation_evaluates_each_row_and_writes_the_table(engine, tmp_path) -> None:
-    built: list[SearchConfig] = []
-
-    def make_components(config: SearchConfig) -> Components:
-        built.append(config)
-        return _components(config=config)
-
+    settings = _settings()
+    everything_on = ablation_configs(settings.search)[-1][1]
+    components = _components(config=everything_on)
     report = run_ablation(
-        engine,
-        problems=PROBLEMS[:2],
-        settings=_settings(),
-        make_components=make_components,
-        out_dir=tmp_path,
-        png=False,
+        engine, problems=PROBLEMS[:2], settings=settings, components=components, out_dir=tmp_path, png=False
     )
-    assert len(report.results) == len(built) == 6
-    assert built[0].similarity == "off" and built[-1].weight_tool == 1.0
+    assert len(report.results) == 6
     with Session(engine) as session:
         runs = session.exec(select(schema.Run).order_by(schema.Run.id)).all()
+        filtered = {
+            run.id: session.exec(
+                select(schema.FilteredOption)
+                .join(schema.Tree, schema.Tree.id == schema.FilteredOption.tree_id)
+                .where(schema.Tree.run_id == run.id)
+            ).all()
+            for run in runs
+        }
     assert [run.config["meta"]["ablation"] for run in runs] == report.labels
     assert runs[0].config["settings"]["search"]["rollouts"] == 0
     assert all(run.method == "mcts" and run.kind == "eval" for run in runs)
+    # One set of components serves every row; each row's weights decide which critics count.
+    assert [run.critics["prm"]["active"] for run in runs] == [False, False, False, True, True, True]
+    assert [run.critics["orm"]["active"] for run in runs] == [False] * 4 + [True, True]
+    assert not filtered[runs[0].id] and not filtered[runs[1].id], "the filter is off until its row"
     table = (tmp_path / "ablation.md").read_text()
     assert all(f"| {label} |" in table for label in report.labels)
     assert (
         (tmp_path / "ablation.html").exists()
         and report.png is None
         and not (tmp_path / "ablation.png").exists()
+    )
+    again = run_ablation(
+        engine, problems=PROBLEMS[:2], settings=settings, components=components, out_dir=tmp_path, png=False
+    )
+    assert [result.run_id for result in again.results] == [run.id for run in runs]
+    assert all(record.from_store for result in again.results for record in result.records)
+
+
+def test_runs_stored_with_checkpoints_in_their_search_config_still_resume(engine) -> None:
+    """Before ``CriticModels``, a run kept the critics' checkpoints as search settings."""
+    result = evaluate(
+        engine, method="greedy", problems=PROBLEMS[:1], components=_components(), settings=_settings()
+    )
+    with Session(engine) as session:
+        run = session.get(schema.Run, result.run_id)
+        legacy = {**run.config["settings"]["search"], "value_checkpoint": None, "prm_checkpoint": "/old/prm"}
+        run.config = {**run.config, "settings": {**run.config["settings"], "search": legacy}}
+        run.critics = {name: {"active": True} for name in ("value", "prm", "orm", "tool")}
+        session.add(run)
+        session.commit()
+    old = _components(critic_models=CriticModels(prm="/old/prm"))
+    check_resumable(engine, result.run_id, method="greedy", settings=_settings(), components=old)
+    assert (
+        matching_run(engine, method="greedy", components=old, task="arithmetic", settings=_settings())
+        == result.run_id
+    )
+    assert (
+        matching_run(
+            engine, method="greedy", components=_components(), task="arithmetic", settings=_settings()
+        )
+        is None
     )
 
 
@@ -481,8 +514,8 @@ def fake_model(monkeypatch):
         loaded.append((model, backend))
         return FakePolicy(name=model)
 
-    def build(config, *, model, rollout_model=None, policy=None, rollout_policy=None):
-        return _components(policy, config)
+    def build(config, *, model, critic_models=None, rollout_model=None, policy=None, rollout_policy=None):
+        return _components(policy, config, critic_models)
 
     monkeypatch.setattr(engine.policies, "load_policy", load)
     monkeypatch.setattr(engine.api, "build_components", build)
@@ -619,17 +652,6 @@ def test_cmd_eval_ablation_and_mcts(tmp_path, capsys, fake_model) -> None:
     assert tree.simulations_done == 3 and tree.node_count > 1
 
 
-def _eval_is_wired() -> bool:
-    from canopy.cli import make_parser
-
-    try:
-        make_parser().parse_args(["eval", "--method", "greedy"])
-    except SystemExit:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _eval_is_wired(), reason="canopy.cli does not wire `canopy eval` in yet")
 def test_canopy_eval_bad_input_through_the_real_command(tmp_path) -> None:
     import subprocess
     import sys

@@ -16,7 +16,7 @@ import torch
 from sqlmodel import Session, select
 
 from engine.api import build_components, effective_config
-from engine.config import SearchConfig
+from engine.config import CriticModels, SearchConfig
 from engine.persist import StoreSink, create_run, create_tree, load_tree
 from engine.search import run_search
 from engine.termination import make_termination
@@ -285,10 +285,12 @@ def test_value_head_checkpoint_scores_nodes(tmp_path, components) -> None:
     hidden_size = components.policy.model.config.hidden_size
     torch.manual_seed(0)
     checkpoint = save_value_head(ValueHead(hidden_size), tmp_path / "value", base_model=MODEL)
-    config = SearchConfig(**SMALL, similarity="edit", rollouts=0, value_checkpoint=str(checkpoint))
-    with_value = build_components(config, model=MODEL, policy=components.policy)
+    config = SearchConfig(**SMALL, similarity="edit", rollouts=0)
+    with_value = build_components(
+        config, model=MODEL, critic_models=CriticModels(value=str(checkpoint)), policy=components.policy
+    )
     assert (
-        with_value.critic_info["value"]["active"]
+        with_value.critic_info(config)["value"]["active"]
         and effective_config(config, with_value.critics)["weight_value"] == 1.0
     )
     tree = run_search(

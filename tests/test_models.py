@@ -1,4 +1,4 @@
-"""Model names, preset assembly and GGUF conversion (engine/models.py)."""
+"""Model names, preset assembly and GGUF conversion (engine/models.py, engine/model_files.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import models
+from engine import model_files, models
 from engine.models import PRESETS, ModelError, ModelSpec, resolve_model
 
 
@@ -199,7 +199,7 @@ def _fake_parts(directory: Path) -> tuple[list[Path], bytes]:
 
 
 def _assemble_fake(parts: list[Path], whole: bytes, target: Path, progress: list[int] | None = None) -> Path:
-    return models._assemble(
+    return model_files.assemble(
         parts,
         target,
         size=len(whole),
@@ -277,7 +277,7 @@ def test_assemble_rejects_parts_with_the_wrong_digest(tmp_path: Path) -> None:
     parts, whole = _fake_parts(tmp_path / "parts")
     target = tmp_path / "out" / "model.gguf"
     with pytest.raises(ModelError, match="hash to"):
-        models._assemble(parts, target, size=len(whole), sha256="0" * 64)
+        model_files.assemble(parts, target, size=len(whole), sha256="0" * 64)
     assert list(target.parent.iterdir()) == []
 
 
@@ -294,7 +294,7 @@ def test_qwen_preset_assembles_to_the_published_digest(cache: Path) -> None:
     target = models._preset_gguf(preset, None)
     assert target == cache / "models" / preset.name / "model.gguf"
     assert target.stat().st_size == 491_400_064
-    assert models._file_sha256(target, None) == preset.sha256
+    assert model_files.file_sha256(target, None) == preset.sha256
     progress: list[int] = []
     models._preset_gguf(preset, lambda done, total: progress.append(done))
     assert progress == []  # the stamp is trusted: no second hash of 491 MB

@@ -8,10 +8,6 @@ from engine.config import SearchConfig
 from engine.types import OutcomeCritic, StepCritic, ValueCritic
 
 
-class ValueCheckpointError(ValueError):
-    """A value-head checkpoint is missing, broken, or made for another model."""
-
-
 @dataclass(frozen=True)
 class Critics:
     """The critics of one search; a None critic is off and its weight is 0.

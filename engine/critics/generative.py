@@ -7,9 +7,8 @@ share a long token prefix that the backend reads once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
-from engine.types import TrajectoryRequest
+from engine.types import TrajectoryRequest, TrueFalseScorer
 
 PRM_SYSTEM = (
     "You are a strict grader of math solutions. You judge whether the newest step of a "
@@ -20,12 +19,6 @@ ORM_SYSTEM = (
     "You are a strict grader of math solutions. You judge whether a complete solution reaches "
     "the correct final answer to the problem. Reply with one word: True or False."
 )
-
-
-class TrueFalseScorer(Protocol):
-    """A backend that can read (system, user) prompts and give p("True") for each."""
-
-    def score_true(self, prompts: Sequence[tuple[str, str]]) -> list[float]: ...
 
 
 def _numbered(steps: Sequence[str]) -> str:

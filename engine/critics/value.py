@@ -13,13 +13,12 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from torch import nn
 
-from engine.critics import ValueCheckpointError
-from engine.types import TrajectoryRequest
+from engine.errors import ValueCheckpointError
+from engine.types import HiddenStateReader, TrajectoryRequest
 
 CONFIG_FILE = "value_head.json"
 WEIGHTS_FILE = "value_head.pt"
@@ -87,16 +86,6 @@ def load_value_head(directory: str | Path) -> tuple[ValueHead, dict]:
     except (KeyError, ValueError, RuntimeError) as exc:
         raise ValueCheckpointError(f"value-head checkpoint {directory} is unreadable: {exc}") from None
     return head.eval(), config
-
-
-class HiddenStateReader(Protocol):
-    """A backend that turns prompts into token states and reads final hidden states."""
-
-    def root_state(self, question: str) -> tuple[int, ...]: ...
-
-    def extend(self, state: tuple[int, ...], text: str) -> tuple[int, ...]: ...
-
-    def last_hidden(self, states: Sequence[tuple[int, ...]]) -> torch.Tensor: ...
 
 
 class ValueHeadCritic:

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import importlib.util
 
+from engine.errors import BackendError
+
 BACKENDS = ("hf", "llamacpp", "openai", "vllm")
 
 CPU_INSTALL = (
     'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
     "pip install -e '.[cpu]'"
 )
-
-
-class BackendError(ValueError):
-    """A backend cannot be used as asked; the message names the fix."""
 
 
 def load_policy(

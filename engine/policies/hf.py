@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from engine.prompts import SYSTEM_PROMPT
+from engine.prompts import FALSE_WORDS, SYSTEM_PROMPT, TRUE_WORDS, hf_chat_text
 from engine.termination import stop_reason
 from engine.types import Option, PolicyStats, TerminationFn
 
@@ -109,18 +109,14 @@ class HFPolicy:
         self.cache = PrefixCache(cache_bytes)
         self._stats = PolicyStats()
         self.eos_ids = self._eos_ids()
-        self.true_ids = self._word_ids(("True", " True", "true", " true"))
-        self.false_ids = self._word_ids(("False", " False", "false", " false"))
+        self.true_ids = self._word_ids(TRUE_WORDS)
+        self.false_ids = self._word_ids(FALSE_WORDS)
 
     # -- prompts -------------------------------------------------------------
 
     def chat_ids(self, system: str, user: str) -> tuple[int, ...]:
         """Token ids of a chat turn ready for the assistant's reply."""
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        else:
-            text = f"{system}\n\nQuestion: {user}\nAnswer:\n"
+        text = hf_chat_text(self.tokenizer, system, user)
         return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def root_state(self, question: str) -> tuple[int, ...]:

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.prompts import SYSTEM_PROMPT
+from engine.prompts import FALSE_WORDS, SYSTEM_PROMPT, TRUE_WORDS, plain_chat_text
 from engine.termination import stop_reason
 from engine.types import Option, PolicyStats, TerminationFn
 
@@ -115,8 +115,8 @@ class GGUFVocab:
             if len(encoded) == 1 and self.decode(encoded, special=True) == word:
                 ids.add(encoded[0])
         self.eos_ids = frozenset(token for token in ids if token >= 0)
-        self.true_ids = self._word_ids(("True", " True", "true", " true"))
-        self.false_ids = self._word_ids(("False", " False", "false", " false"))
+        self.true_ids = self._word_ids(TRUE_WORDS)
+        self.false_ids = self._word_ids(FALSE_WORDS)
 
     def _chat_formatter(self):
         template = self.llama.metadata.get("tokenizer.chat_template")
@@ -141,7 +141,7 @@ class GGUFVocab:
         tokens written out (the GGUF's own template, rendered with jinja2 as
         transformers does; a plain layout when the GGUF has none)."""
         if self._chat is None:
-            return f"{system}\n\nQuestion: {user}\nAnswer:\n"
+            return plain_chat_text(system, user)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         return self._chat(messages=messages).prompt
 
@@ -533,12 +533,6 @@ class LlamaCppPolicy:
             p_false = float(probs[self.vocab.false_ids].sum())
             scores.append(p_true / max(p_true + p_false, 1e-12))
         return scores
-
-    def last_hidden(self, states: Sequence[tuple[int, ...]]):
-        raise NotImplementedError(
-            "the llamacpp backend gives no hidden states; the value head runs on its own HF model: "
-            "load it with load_policy(model, backend='hf') and pass that as ValueHeadCritic's reader"
-        )
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -34,12 +34,10 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from engine.policies import BackendError
-from engine.prompts import SYSTEM_PROMPT
+from engine.errors import BackendError
+from engine.prompts import FALSE_WORDS, SYSTEM_PROMPT, TRUE_WORDS, hf_chat_text
 from engine.types import Option, PolicyStats, TerminationFn
 
-_TRUE_WORDS = ("True", " True", "true", " true")
-_FALSE_WORDS = ("False", " False", "false", " false")
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
@@ -75,10 +73,7 @@ class HFTokenizer:
         self.eos_ids = frozenset(ids)
 
     def chat_text(self, system: str, user: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return f"{system}\n\nQuestion: {user}\nAnswer:\n"
+        return hf_chat_text(self.tokenizer, system, user)
 
     def chat_ids(self, system: str, user: str) -> tuple[int, ...]:
         return self.encode(self.chat_text(system, user))
@@ -324,16 +319,10 @@ class OpenAIPolicy:
                     "on /v1/completions (vLLM, SGLang, llama.cpp)"
                 )
             self._stats.scoring_prefill_tokens += len(self.tokenizer.chat_ids(system, user))
-            p_true = sum(math.exp(top[word]) for word in _TRUE_WORDS if word in top)
-            p_false = sum(math.exp(top[word]) for word in _FALSE_WORDS if word in top)
+            p_true = sum(math.exp(top[word]) for word in TRUE_WORDS if word in top)
+            p_false = sum(math.exp(top[word]) for word in FALSE_WORDS if word in top)
             scores.append(p_true / (p_true + p_false) if p_true + p_false > 0 else 0.5)
         return scores
-
-    def last_hidden(self, states: Sequence[tuple[int, ...]]):
-        raise NotImplementedError(
-            "the openai backend gives no hidden states; the value head runs on its own HF model: "
-            "load it with load_policy(model, backend='hf') and pass that as ValueHeadCritic's reader"
-        )
 
 
 def _why(reason: object) -> str:

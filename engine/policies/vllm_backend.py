@@ -17,12 +17,9 @@ import math
 import time
 from collections.abc import Sequence
 
-from engine.prompts import SYSTEM_PROMPT
+from engine.prompts import FALSE_WORDS, SYSTEM_PROMPT, TRUE_WORDS, hf_chat_text
 from engine.termination import stop_reason
 from engine.types import Option, PolicyStats, TerminationFn
-
-_TRUE_WORDS = ("True", " True", "true", " true")
-_FALSE_WORDS = ("False", " False", "false", " false")
 
 
 class VLLMPolicy:
@@ -69,19 +66,15 @@ class VLLMPolicy:
             )
             if isinstance(token, int) and token != self.tokenizer.unk_token_id
         )
-        self.true_ids = self._single_ids(_TRUE_WORDS)
-        self.false_ids = self._single_ids(_FALSE_WORDS)
+        self.true_ids = self._single_ids(TRUE_WORDS)
+        self.false_ids = self._single_ids(FALSE_WORDS)
 
     def _single_ids(self, words: Sequence[str]) -> frozenset[int]:
         encoded = (self.tokenizer(word, add_special_tokens=False)["input_ids"] for word in words)
         return frozenset(ids[0] for ids in encoded if len(ids) == 1)
 
     def chat_ids(self, system: str, user: str) -> tuple[int, ...]:
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        else:
-            text = f"{system}\n\nQuestion: {user}\nAnswer:\n"
+        text = hf_chat_text(self.tokenizer, system, user)
         return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def root_state(self, question: str) -> tuple[int, ...]:
@@ -166,9 +159,3 @@ class VLLMPolicy:
             p_false = sum(math.exp(top[token].logprob) for token in self.false_ids if token in top)
             scores.append(p_true / (p_true + p_false) if p_true + p_false > 0 else 0.5)
         return scores
-
-    def last_hidden(self, states: Sequence[tuple[int, ...]]):
-        raise NotImplementedError(
-            "the vllm backend gives no hidden states; the value head runs on its own HF model: "
-            "load it with load_policy(model, backend='hf') and pass that as ValueHeadCritic's reader"
-        )

@@ -7,6 +7,7 @@ says what to fix.
 
 from __future__ import annotations
 
+from engine.errors import TaskError
 from engine.types import Problem
 
 TASKS = ("arithmetic", "gsm8k")
@@ -14,10 +15,6 @@ TASKS = ("arithmetic", "gsm8k")
 
 DEFAULT_ARITHMETIC_COUNT = 100
 """How many arithmetic problems ``load_problems`` makes when ``count`` is None."""
-
-
-class TaskError(ValueError):
-    """A task cannot give the problems asked for (bad file, bad index, bad setting)."""
 
 
 def load_problems(

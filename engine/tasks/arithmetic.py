@@ -20,7 +20,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from engine.tasks import TaskError
+from engine.errors import TaskError
 from engine.types import Problem
 
 STEPS_RANGE = (1, 8)

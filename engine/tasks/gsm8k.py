@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.answers import normalize_number
-from engine.tasks import TaskError
+from engine.errors import TaskError
 from engine.types import Problem
 
 HUB_DATASET = ("openai/gsm8k", "main")

@@ -1,0 +1,234 @@
+"""Several evaluations side by side on the same problems: ``compare`` (methods
+at equal compute) and ``run_ablation`` (MCTS's components added one at a time,
+after AlphaLLM's Table 3). Both write a report (``engine.reports``) and, run
+again with the same arguments on the same database, continue their runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from engine.api import Components
+from engine.baselines import METHODS, EvalSettings
+from engine.config import ConfigError, SearchConfig
+from engine.evaluate import EvalResult, ProblemRecord, evaluate, matching_run
+from engine.reports import Report, write_report
+from engine.types import Problem
+
+SAMPLING_METHODS = ("self-consistency", "best-of-n")
+"""The methods whose compute is set by their sample count."""
+
+
+def compare(
+    engine: Engine,
+    *,
+    methods: Sequence[str],
+    problems: Sequence[Problem],
+    components: Components,
+    settings: EvalSettings,
+    out_dir: str | Path,
+    on_problem: Callable[[str, ProblemRecord, int, int], None] | None = None,
+    meta: dict[str, Any] | None = None,
+    on_run_created: Callable[[int], None] | None = None,
+    on_run_continued: Callable[[int], None] | None = None,
+    png: bool = True,
+    equal_tokens: bool = False,
+) -> Report:
+    """Evaluate each method on the same problems (one run each) and write the report
+    (``png=False`` skips the image export, which starts a headless Chrome).
+
+    A method that already has a run with these exact settings, problems and
+    models in ``engine`` (``matching_run``) continues that run instead of
+    starting anew (``on_run_continued`` gets its id): an interrupted comparison
+    is resumed by running the same command again, and a finished one re-reported.
+
+    With ``equal_tokens`` greedy and MCTS run first, and the sampling methods
+    (self-consistency, best-of-N) then draw ``round(MCTS tokens / greedy
+    tokens)`` samples per problem, so they spend about what the search spent.
+    """
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(
+            f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}"
+        )
+    if not problems:
+        raise ConfigError("no problems to evaluate")
+    if equal_tokens and not {"greedy", "mcts"} <= set(methods):
+        raise ConfigError("equal tokens sets the sample count from greedy and mcts: compare both")
+    order = (
+        sorted(methods, key=lambda m: (m not in ("greedy", "mcts"), methods.index(m)))
+        if equal_tokens
+        else methods
+    )
+    results: dict[str, EvalResult] = {}
+    labels: dict[str, str] = {}
+    for method in order:
+        callback = None
+        if on_problem is not None:
+            callback = _tagged(on_problem, method)
+        method_settings = settings
+        labels[method] = method
+        if equal_tokens and method in SAMPLING_METHODS:
+            greedy_tokens = max(results["greedy"].generated_tokens, 1.0)
+            samples = max(1, round(results["mcts"].generated_tokens / greedy_tokens))
+            method_settings = replace(settings, samples=samples)
+            labels[method] = f"{method} (n={samples})"
+        results[method] = _evaluate_or_continue(
+            engine,
+            method=method,
+            problems=problems,
+            components=components,
+            settings=method_settings,
+            on_problem=callback,
+            meta=meta,
+            on_run_created=on_run_created,
+            on_run_continued=on_run_continued,
+        )
+    return write_report(
+        [results[method] for method in methods],
+        labels=[labels[method] for method in methods],
+        out_dir=out_dir,
+        name="compare",
+        title="Accuracy vs generated tokens",
+        png=png,
+    )
+
+
+def _tagged(callback: Callable[[str, ProblemRecord, int, int], None], tag: str):
+    return lambda record, done, total: callback(tag, record, done, total)
+
+
+def ablation_configs(base: SearchConfig, *, value_head: bool = False) -> list[tuple[str, SearchConfig]]:
+    """AlphaLLM Table 3's rows: plain MCTS, then each component added in turn.
+
+    The first row has a fixed width (``c_max = c_min``, alpha 0), no similarity
+    filter, no critics and no rollouts (every value is the uninformed 0.5, so
+    the policy's priors alone steer PUCT). Then, cumulatively: adaptive
+    branching, the similarity filter, the PRM, rollouts with the ORM, the value
+    head (only with ``value_head``: a value-head checkpoint is loaded), and the
+    arithmetic checker. Each component takes the base config's setting, or its
+    default where the base turned it off. The last row turns everything on.
+    """
+    defaults = SearchConfig()
+    plain = base.with_overrides(
+        root_max_children=base.root_min_children,
+        max_children=base.min_children,
+        branching_alpha=0.0,
+        similarity="off",
+        weight_prm=0.0,
+        rollouts=0,
+        weight_orm=0.0,
+        weight_value=0.0,
+        weight_tool=0.0,
+    )
+    steps: list[tuple[str, dict[str, Any]]] = [
+        (
+            "+ adaptive branching",
+            {
+                "root_max_children": base.root_max_children,
+                "max_children": base.max_children,
+                "branching_alpha": base.branching_alpha or defaults.branching_alpha,
+            },
+        ),
+        (
+            "+ similarity filter",
+            {"similarity": base.similarity if base.similarity != "off" else defaults.similarity},
+        ),
+        ("+ PRM", {"weight_prm": base.weight_prm or defaults.weight_prm}),
+        (
+            "+ rollouts + ORM",
+            {"rollouts": base.rollouts or defaults.rollouts or 1, "weight_orm": base.weight_orm or 1.0},
+        ),
+    ]
+    if value_head:
+        steps.append(("+ value head", {"weight_value": base.weight_value or 1.0}))
+    steps.append(("+ tool checker", {"weight_tool": base.weight_tool or 1.0}))
+    rows = [("MCTS, all components off", plain)]
+    for name, overrides in steps:
+        rows.append((name, rows[-1][1].with_overrides(**overrides)))
+    return rows
+
+
+def run_ablation(
+    engine: Engine,
+    *,
+    problems: Sequence[Problem],
+    settings: EvalSettings,
+    components: Components,
+    out_dir: str | Path,
+    on_problem: Callable[[str, ProblemRecord, int, int], None] | None = None,
+    meta: dict[str, Any] | None = None,
+    on_run_created: Callable[[int], None] | None = None,
+    on_run_continued: Callable[[int], None] | None = None,
+    png: bool = True,
+) -> Report:
+    """Evaluate MCTS under each of ``ablation_configs`` (one run per row) and write
+    ``ablation.md`` / ``ablation.html``: component added -> accuracy, tokens.
+
+    ``components`` must hold every critic the last row turns on (build them
+    from ``ablation_configs(...)[-1][1]``); each row's weights turn the rest off.
+    A row that already has a run with these arguments continues it."""
+    value_head = components.critics.value is not None
+    results, labels = [], []
+    for label, config in ablation_configs(settings.search, value_head=value_head):
+        row_settings = replace(settings, search=config)
+        results.append(
+            _evaluate_or_continue(
+                engine,
+                method="mcts",
+                problems=problems,
+                components=components,
+                settings=row_settings,
+                on_problem=_tagged(on_problem, label) if on_problem is not None else None,
+                meta={**(meta or {}), "ablation": label},
+                on_run_created=on_run_created,
+                on_run_continued=on_run_continued,
+            )
+        )
+        labels.append(label)
+    return write_report(
+        results,
+        labels=labels,
+        out_dir=out_dir,
+        name="ablation",
+        title="MCTS ablation (AlphaLLM Table 3 style)",
+        png=png,
+    )
+
+
+def _evaluate_or_continue(
+    engine: Engine,
+    *,
+    method: str,
+    problems: Sequence[Problem],
+    components: Components,
+    settings: EvalSettings,
+    on_problem: Callable[[ProblemRecord, int, int], None] | None,
+    meta: dict[str, Any] | None,
+    on_run_created: Callable[[int], None] | None,
+    on_run_continued: Callable[[int], None] | None,
+) -> EvalResult:
+    """``evaluate``, continuing the run these arguments made before if there is one."""
+    run_id = matching_run(
+        engine, method=method, components=components, task=problems[0].task, settings=settings, meta=meta
+    )
+    if run_id is not None and on_run_continued is not None:
+        on_run_continued(run_id)
+    return evaluate(
+        engine,
+        method=method,
+        problems=problems,
+        components=components,
+        settings=settings,
+        run_id=run_id,
+        on_problem=on_problem,
+        meta=meta,
+        on_run_created=on_run_created,
+    )
+
+
+__all__ = ["SAMPLING_METHODS", "ablation_configs", "compare", "run_ablation"]
