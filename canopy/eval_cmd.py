@@ -14,16 +14,26 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from canopy.common import (
+    Interrupted,
+    add_db_flag,
+    add_model_flags,
+    add_search_settings,
+    add_task_flags,
+    check_models,
+    load_components,
+    log,
+    resume_hint,
+    search_settings,
+)
+from canopy.errors import UsageError
 from engine.baselines import BEAM_SCORES, METHODS, EvalSettings
-from engine.policies import BACKENDS
 
 _SETTING_CHOICES = {"beam_score": BEAM_SCORES}
 
 
 def add_eval_parser(subcommands) -> argparse.ArgumentParser:
     """Add the ``eval`` subcommand to ``subcommands`` (argparse's subparsers)."""
-    from canopy import cli  # not at the top: canopy.cli imports this module
-
     parser = subcommands.add_parser(
         "eval", help="Evaluate a method, compare methods, or ablate MCTS on a problem set."
     )
@@ -44,17 +54,8 @@ def add_eval_parser(subcommands) -> argparse.ArgumentParser:
         metavar="RUN_ID",
         help="Continue an interrupted eval run (with its own settings).",
     )
-    parser.add_argument(
-        "--model", default=cli.DEFAULT_MODEL, help="Preset, local HF dir, .gguf file or hub id."
-    )
-    parser.add_argument("--rollout-model", help="Smaller/faster model for MCTS rollouts (default: --model).")
-    parser.add_argument("--backend", default="hf", choices=BACKENDS, help="Inference backend (default: hf).")
-    parser.add_argument("--base-url", help="Completions server of the openai backend.")
-    parser.add_argument("--task", default="arithmetic", choices=("arithmetic", "gsm8k"))
-    parser.add_argument("--data", help="GSM8K-format JSONL file (task gsm8k).")
-    parser.add_argument("--split", default="test", choices=("train", "test"))
-    parser.add_argument("--steps", type=int, default=2, help="Arithmetic difficulty: operations per problem.")
-    parser.add_argument("--max-number", type=int, default=20, help="Arithmetic difficulty: largest operand.")
+    add_model_flags(parser)
+    add_task_flags(parser)
     parser.add_argument("--n-problems", type=int, default=10, help="How many problems (>= 1).")
     parser.add_argument("--offset", type=int, default=0, help="Index of the first problem (>= 0).")
     parser.add_argument("--out", default="eval-report", help="Folder for --compare/--ablation reports.")
@@ -68,9 +69,7 @@ def add_eval_parser(subcommands) -> argparse.ArgumentParser:
         "as many samples as it takes to spend about the tokens MCTS spent (overrides --samples).",
     )
     parser.add_argument("--config", help="TOML or JSON file of search settings.")
-    parser.add_argument(
-        "--db", help="Database URL or SQLite path (default: $CANOPY_DB or ~/.local/share/canopy)."
-    )
+    add_db_flag(parser)
     parser.add_argument("--json", action="store_true", help="Print one JSON object with the result.")
     group = parser.add_argument_group("baseline settings")
     for field in fields(EvalSettings):
@@ -87,22 +86,20 @@ def add_eval_parser(subcommands) -> argparse.ArgumentParser:
         else:
             kwargs["type"] = type(default)
         group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
-    cli._add_search_settings(parser)
+    add_search_settings(parser)
     return parser
 
 
-def _eval_settings(args: argparse.Namespace) -> EvalSettings:
-    from canopy import cli  # not at the top: canopy.cli imports this module
-
+def _eval_settings(args: argparse.Namespace):
+    """The evaluation's settings and critic models, from --config and the flags."""
+    search, critic_models = search_settings(args)
     baseline = {
         field.name: getattr(args, field.name) for field in fields(EvalSettings) if field.name != "search"
     }
-    return EvalSettings(**baseline, search=cli._search_config(args))
+    return EvalSettings(**baseline, search=search), critic_models
 
 
 def _methods(args: argparse.Namespace) -> list[str]:
-    from canopy import cli  # not at the top: canopy.cli imports this module
-
     if args.method:
         return [args.method]
     if args.ablation:
@@ -110,23 +107,19 @@ def _methods(args: argparse.Namespace) -> list[str]:
     methods = [name.strip() for name in args.compare.split(",") if name.strip()]
     unknown = [name for name in methods if name not in METHODS]
     if unknown:
-        raise cli.UsageError(
+        raise UsageError(
             f"--compare: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}"
         )
     if len(methods) < 2 or len(set(methods)) != len(methods):
-        raise cli.UsageError(
-            "--compare needs at least two different methods, e.g. greedy,self-consistency,mcts"
-        )
+        raise UsageError("--compare needs at least two different methods, e.g. greedy,self-consistency,mcts")
     return methods
 
 
 def _selection(args: argparse.Namespace) -> dict[str, Any]:
-    from canopy import cli  # not at the top: canopy.cli imports this module
-
     if args.n_problems < 1:
-        raise cli.UsageError(f"--n-problems must be >= 1, got {args.n_problems}")
+        raise UsageError(f"--n-problems must be >= 1, got {args.n_problems}")
     if args.offset < 0:
-        raise cli.UsageError(f"--offset must be >= 0, got {args.offset}")
+        raise UsageError(f"--offset must be >= 0, got {args.offset}")
     return {
         "task": args.task,
         "data": str(Path(args.data).resolve()) if args.data else None,
@@ -173,29 +166,14 @@ class _ProblemProgress:
         self.bar.close()
 
 
-def _announce(run_id: int) -> None:
-    from canopy import cli  # not at the top: canopy.cli imports this module
-
-    cli._log(f"eval run {run_id} started; if it stops, continue with `canopy eval --resume {run_id}`")
-
-
-def _announce_continued(run_id: int) -> None:
-    from canopy import cli  # not at the top: canopy.cli imports this module
-
-    cli._log(f"continuing eval run {run_id}, made earlier with these same settings")
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from canopy import cli  # not at the top: canopy.cli imports this module
-    from engine.api import build_components
-    from engine.evaluate import ablation_configs, compare, eval_run, evaluate, results_table, run_ablation
-    from engine.models import resolve_model
-    from engine.policies import load_policy
+    from engine.api import RunNotResumable, stored_critic_models
+    from engine.compare import ablation_configs, compare, run_ablation
+    from engine.evaluate import eval_run, evaluate
+    from engine.reports import results_table
     from store.db import make_engine
 
     if args.resume is not None:
-        from engine.api import RunNotResumable
-
         engine = make_engine(args.db)
         run = eval_run(engine, args.resume)
         if "problems" not in run.config.get("meta", {}):
@@ -203,17 +181,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"run {args.resume} was not made by `canopy eval`; it cannot be resumed here"
             )
         settings = EvalSettings.from_dict(run.config["settings"])
+        critic_models = stored_critic_models(run)
         selection = run.config["meta"]["problems"]
         methods, model, rollout_model = [run.method], run.model, run.rollout_model
         backend = run.config["meta"].get("backend", {"name": "hf", "base_url": None})
     else:
         methods = _methods(args)
         selection = _selection(args)
-        settings = _eval_settings(args)
+        settings, critic_models = _eval_settings(args)
         model, rollout_model = args.model, args.rollout_model
         backend = {"name": args.backend, "base_url": args.base_url}
-        for name in filter(None, (model, rollout_model)):
-            resolve_model(name)
+        check_models(model, rollout_model)
         engine = None
     problems = load_selection(selection)
     engine = engine or make_engine(args.db)
@@ -221,19 +199,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "mcts" not in methods:
         # Baselines never consult the similarity filter: don't load an embedding model for it.
         search = search.with_overrides(similarity="off")
-    cli._log(f"loading {model} ...")
-    policy = load_policy(model, backend=backend["name"], base_url=backend["base_url"])
-    rollout_policy = None
-    if rollout_model and rollout_model != model:
-        rollout_policy = load_policy(rollout_model, backend=backend["name"], base_url=backend["base_url"])
-    components = build_components(
-        search, model=model, rollout_model=rollout_model, policy=policy, rollout_policy=rollout_policy
+    if args.ablation:
+        # One set of components for every row: the last row turns every component on.
+        search = ablation_configs(search, value_head=critic_models.value is not None)[-1][1]
+    components = load_components(
+        search,
+        critic_models,
+        model=model,
+        rollout_model=rollout_model,
+        backend=backend["name"],
+        base_url=backend["base_url"],
     )
     meta = {"problems": selection, "backend": backend}
     rows = len(methods)
     if args.ablation:
-        rows = len(ablation_configs(search, value_checkpoint=search.value_checkpoint))
+        rows = len(ablation_configs(settings.search, value_head=components.critics.value is not None))
     progress = _ProblemProgress(len(problems) * rows)
+    run_ids: list[int] = []
+
+    def started(run_id: int) -> None:
+        run_ids.append(run_id)
+        log(f"eval run {run_id} started; if it stops, {resume_hint('eval', run_id, args)}")
+
+    def continued(run_id: int) -> None:
+        log(f"continuing eval run {run_id}, made earlier with these same settings")
+
+    report_args = {"out_dir": args.out, "png": not args.no_png, "on_problem": progress, "meta": meta}
     try:
         if args.compare:
             report = compare(
@@ -242,32 +233,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 problems=problems,
                 components=components,
                 settings=settings,
-                out_dir=args.out,
-                png=not args.no_png,
-                on_problem=progress,
-                on_run_created=_announce,
-                on_run_continued=_announce_continued,
-                meta=meta,
+                on_run_created=started,
+                on_run_continued=continued,
                 equal_tokens=args.equal_tokens,
+                **report_args,
             )
         elif args.ablation:
-
-            def make_components(config):
-                return build_components(
-                    config, model=model, policy=components.policy, rollout_policy=components.rollout_policy
-                )
-
             report = run_ablation(
                 engine,
                 problems=problems,
                 settings=settings,
-                make_components=make_components,
-                out_dir=args.out,
-                png=not args.no_png,
-                value_checkpoint=search.value_checkpoint,
-                on_problem=progress,
-                on_run_created=_announce,
-                meta=meta,
+                components=components,
+                on_run_created=started,
+                on_run_continued=continued,
+                **report_args,
             )
         else:
             result = evaluate(
@@ -279,8 +258,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 run_id=args.resume,
                 on_problem=lambda record, done, total: progress(methods[0], record, done, total),
                 meta=meta,
-                on_run_created=_announce,
+                on_run_created=started,
             )
+    except KeyboardInterrupt:
+        if args.compare or args.ablation:
+            raise Interrupted("run the same command again to continue its runs") from None
+        resume = args.resume if args.resume is not None else (run_ids[0] if run_ids else None)
+        raise Interrupted(resume_hint("eval", resume, args)) from None
     finally:
         progress.close()
     if args.compare or args.ablation:

@@ -1,29 +1,32 @@
 """``canopy export``: write mined training examples of one kind to a file.
 
-``jsonl`` writes one example per line: its payload plus ``id``,
-``iteration_id``, ``source_tree_id`` and ``source_nodes``. ``hf`` saves the
-same records as a Hugging Face ``datasets.Dataset`` folder (``load_from_disk``
-reads it back). Bad input raises the project's error types with one-line
-messages; ``canopy.cli.main`` prints them.
+Both formats hold the records of ``store.examples``: each example's payload
+plus ``id``, ``kind``, ``iteration_id``, ``source_tree_id`` and
+``source_nodes``, the same lines the app's Data page downloads. ``jsonl``
+writes one record per line; ``hf`` saves them as a Hugging Face
+``datasets.Dataset`` folder (``load_from_disk`` reads it back). Bad input
+raises the project's error types with one-line messages; ``canopy.cli.main``
+prints them. The store is imported inside ``cmd_export``, so that building the
+parser (every ``canopy`` start) does not load SQLAlchemy.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-KINDS = ("sft", "dpo", "value", "prm", "orm")
-"""``training.mine.KINDS``, repeated: importing it would load SQLAlchemy on every ``canopy`` start."""
+from canopy.errors import UsageError
+from store.example_kinds import EXAMPLE_KINDS
+
 FORMATS = ("jsonl", "hf")
 
 
 def add_export_parser(subcommands) -> argparse.ArgumentParser:
     """Add the ``export`` subcommand to ``subcommands`` (argparse's subparsers)."""
     parser = subcommands.add_parser("export", help="Write mined training examples to JSONL or a HF dataset.")
-    parser.add_argument("--kind", required=True, choices=KINDS, help="Which examples.")
+    parser.add_argument("--kind", required=True, choices=list(EXAMPLE_KINDS), help="Which examples.")
     parser.add_argument(
         "--format", default="jsonl", choices=FORMATS, help="jsonl file or hf dataset folder (default: jsonl)."
     )
@@ -36,22 +39,22 @@ def add_export_parser(subcommands) -> argparse.ArgumentParser:
 
 
 def _check_out(out: Path, fmt: str) -> None:
-    from canopy import cli  # not at the top: canopy.cli imports this module
-
     if fmt == "jsonl" and out.is_dir():
-        raise cli.UsageError(f"--out {out} is a folder; jsonl needs a file path")
+        raise UsageError(f"--out {out} is a folder; jsonl needs a file path")
     if fmt == "hf":
         if out.exists() and not out.is_dir():
-            raise cli.UsageError(f"--out {out} is a file; hf needs a new or empty folder")
+            raise UsageError(f"--out {out} is a file; hf needs a new or empty folder")
         if out.is_dir() and any(out.iterdir()):
-            raise cli.UsageError(f"--out {out} is a folder that is not empty; pick a new one")
+            raise UsageError(f"--out {out} is a folder that is not empty; pick a new one")
 
 
 def _write_jsonl(records: list[dict[str, Any]], out: Path) -> None:
+    from store.examples import jsonl_line
+
     partial = out.with_name(out.name + ".partial")
     with partial.open("w", encoding="utf-8") as handle:
         for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.write(jsonl_line(record))
     os.replace(partial, out)
 
 
@@ -64,10 +67,9 @@ def _write_hf(records: list[dict[str, Any]], out: Path) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from sqlmodel import Session
 
-    from canopy import cli  # not at the top: canopy.cli imports this module
     from store import schema
     from store.db import make_engine
-    from training.mine import load_records
+    from store.examples import export_records
 
     out = Path(args.out).expanduser()
     _check_out(out, args.format)
@@ -75,15 +77,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.iteration is not None:
         with Session(engine) as session:
             if session.get(schema.Iteration, args.iteration) is None:
-                raise cli.UsageError(f"no iteration {args.iteration} in the database")
-    records = load_records(engine, kind=args.kind, iteration_id=args.iteration)
+                raise UsageError(f"no iteration {args.iteration} in the database")
+    iteration_ids = [] if args.iteration is None else [args.iteration]
+    records = export_records(engine, kinds=[args.kind], iteration_ids=iteration_ids)
     if not records:
         where = "" if args.iteration is None else f" of iteration {args.iteration}"
-        raise cli.UsageError(f"no {args.kind} examples{where} in the database; mine some trees first")
+        raise UsageError(f"no {args.kind} examples{where} in the database; mine some trees first")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         (_write_jsonl if args.format == "jsonl" else _write_hf)(records, out)
     except OSError as exc:
-        raise cli.UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
     print(f"wrote {len(records)} {args.kind} examples to {out}")
     return 0

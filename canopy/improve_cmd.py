@@ -18,6 +18,15 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from canopy.common import (
+    DEFAULT_MODEL,
+    TASKS,
+    Interrupted,
+    add_db_flag,
+    add_search_settings,
+    add_settings_flags,
+)
+
 # Section name on the command line and in --config -> ImproveConfig field.
 SECTIONS = {"mine": "mine", "sft": "sft", "dpo": "dpo_train", "value": "value", "prm": "prm", "orm": "orm"}
 
@@ -28,8 +37,7 @@ def _default(spec) -> Any:
 
 def add_improve_parser(subcommands) -> argparse.ArgumentParser:
     """Add the ``improve`` subcommand to ``subcommands`` (argparse's subparsers)."""
-    from canopy import cli  # not at the top: canopy.cli imports this module
-    from training.improve import ImproveConfig
+    from training.improve_config import ImproveConfig
 
     parser = subcommands.add_parser(
         "improve",
@@ -38,13 +46,11 @@ def add_improve_parser(subcommands) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=argparse.SUPPRESS,
-        help=f"Starting policy: preset, HF dir or .gguf (default: {cli.DEFAULT_MODEL}).",
+        help=f"Starting policy: preset, HF dir or .gguf (default: {DEFAULT_MODEL}).",
     )
     parser.add_argument("--resume", type=int, metavar="ITERATION_ID", help="Continue an interrupted loop.")
     parser.add_argument("--config", help="TOML or JSON file of settings (sections as in --help).")
-    parser.add_argument(
-        "--db", help="Database URL or SQLite path (default: $CANOPY_DB or ~/.local/share/canopy)."
-    )
+    add_db_flag(parser)
     parser.add_argument("--json", action="store_true", help="Print the iterations as one JSON object.")
     top = parser.add_argument_group("loop settings")
     for spec in fields(ImproveConfig):
@@ -57,26 +63,26 @@ def add_improve_parser(subcommands) -> argparse.ArgumentParser:
         elif isinstance(default, int):
             kwargs["type"] = int
         if spec.name == "task":
-            kwargs["choices"] = ("arithmetic", "gsm8k")
+            kwargs["choices"] = TASKS
         shown = default if default not in ("", None) else "none"
         if spec.name == "checkpoints":
             shown = "<canopy cache>/checkpoints"
         kwargs["help"] = f"{spec.metadata['help']} (default: {shown})"
         top.add_argument("--" + spec.name.replace("_", "-"), **kwargs)
-    cli._add_search_settings(parser)
+    # The loop trains its own critics: no --value-checkpoint etc. here.
+    add_search_settings(parser, critic_models=False)
     defaults = ImproveConfig(model="x", checkpoints="x")
     for section, name in SECTIONS.items():
         group = parser.add_argument_group(f"{section} settings")
-        cli.add_settings_flags(group, type(getattr(defaults, name)), section=section)
+        add_settings_flags(group, type(getattr(defaults, name)), section=section)
     return parser
 
 
 def improve_config(args: argparse.Namespace):
     """The ``ImproveConfig`` that --config and the flags describe."""
-    from canopy import cli  # not at the top: canopy.cli imports this module
     from engine.config import SearchConfig, read_settings_file
     from engine.models import cache_dir
-    from training.improve import ImproveConfig
+    from training.improve_config import ImproveConfig
 
     settings: dict[str, Any] = read_settings_file(args.config) if args.config else {}
     settings = {SECTIONS.get(key, key): value for key, value in settings.items()}
@@ -92,7 +98,7 @@ def improve_config(args: argparse.Namespace):
     for spec in fields(ImproveConfig):
         if spec.name in flags and spec.name not in settings["search"]:
             settings[spec.name] = flags[spec.name]
-    settings.setdefault("model", cli.DEFAULT_MODEL)
+    settings.setdefault("model", DEFAULT_MODEL)
     if not settings.get("checkpoints"):
         settings["checkpoints"] = str(cache_dir() / "checkpoints")
     if settings.get("data"):
@@ -105,10 +111,13 @@ def cmd_improve(args: argparse.Namespace) -> int:
     from training.improve import improve, summary
 
     engine = make_engine(args.db)
-    if args.resume is not None:
-        ids = improve(engine, resume=args.resume)
-    else:
-        ids = improve(engine, improve_config(args))
+    try:
+        if args.resume is not None:
+            ids = improve(engine, resume=args.resume)
+        else:
+            ids = improve(engine, improve_config(args))
+    except KeyboardInterrupt:
+        raise Interrupted(None) from None  # the loop has said which iteration to resume
     rows = summary(engine, ids)
     if args.json:
         print(json.dumps({"iterations": rows}, indent=2, default=str))

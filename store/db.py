@@ -7,16 +7,17 @@ from pathlib import Path
 
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine, select
 
+from canopy.errors import CanopyError
 from store.schema import SCHEMA_VERSION, SchemaInfo
 
 DB_ENV_VAR = "CANOPY_DB"
 """Environment variable holding the default database URL."""
 
 
-class StoreError(Exception):
+class StoreError(CanopyError):
     """The database cannot be used as asked; the message names the fix."""
 
 
@@ -76,7 +77,17 @@ def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
             raise StoreError(f"database {path} is read-only; pass a writable --db")
         if create and not os.access(path.parent, os.W_OK):
             raise StoreError(f"database folder {path.parent} is read-only; pass a writable --db")
-    engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+    try:
+        engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+    except NoSuchModuleError:
+        raise StoreError(
+            f"unknown database kind {parsed.drivername!r} in {url!r}; use a SQLite path or a "
+            "sqlite:/// or postgresql+psycopg:// URL"
+        ) from None
+    except ImportError as exc:
+        raise StoreError(
+            f"the driver for {parsed.drivername} is not installed ({exc.name}); pip install it"
+        ) from None
     if is_sqlite:
         event.listen(engine, "connect", _set_sqlite_pragmas)
     try:
@@ -118,6 +129,9 @@ def check_schema(engine: Engine) -> None:
     if "schemainfo" not in tables:
         if not tables:
             raise StoreError("the database is empty; run a search first")
+        if not {"run", "tree", "node"} <= tables:
+            shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StoreError(f"the database holds other tables ({shown}), not Canopy's; pass another --db")
         raise StoreError("the database was made by an older Canopy (no schema version); use a new --db")
     with Session(engine) as session:
         row = session.exec(select(SchemaInfo).where(SchemaInfo.key == "schema_version")).first()

@@ -143,3 +143,79 @@ def test_models_lists_presets() -> None:
     assert names == {"smollm2-135m", "qwen2.5-coder-0.5b", "minilm"}
     done = canopy("models", "prepare", "nope")
     assert done.returncode == 2 and "nope" in done.stderr
+
+
+# -- what a new user runs into --------------------------------------------------
+
+
+def _short_error(done: subprocess.CompletedProcess, message: str) -> None:
+    """A one-line error (plus at most a pointer to --help), exit 2, no traceback."""
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) <= 2 and message in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_database_url_of_an_unknown_kind_is_one_line(tmp_path: Path) -> None:
+    _short_error(canopy("search", "--index", "0", "--db", "notaurl://x"), "unknown database kind 'notaurl'")
+    _short_error(canopy("trees", "--db", "notaurl://x"), "unknown database kind 'notaurl'")
+
+
+def test_a_port_out_of_range_is_an_argument_error() -> None:
+    done = canopy("app", "--port", "99999")
+    _short_error(done, "argument --port: 99999 is not a port (1 to 65535)")
+    assert done.stderr.strip().splitlines()[-1] == "see `canopy app --help` for the options"
+
+
+def test_argparse_errors_are_short_and_point_to_help() -> None:
+    done = canopy("search", "--simulations", "many")
+    _short_error(done, "canopy search: error: argument --simulations: invalid int value: 'many'")
+    assert "usage:" not in done.stderr
+    _short_error(canopy("serch"), "canopy: error: argument command: invalid choice: 'serch'")
+
+
+def test_a_sqlite_file_of_another_program_is_not_called_an_older_canopy(tmp_path: Path) -> None:
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as raw:
+        raw.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    done = canopy("search", "--index", "0", "--db", str(db))
+    _short_error(done, "holds other tables (customers), not Canopy's; pass another --db")
+    with sqlite3.connect(db) as raw:
+        tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"customers"}, "nothing was added to the other program's file"
+
+
+def test_sigterm_names_the_run_to_resume(tmp_path: Path, monkeypatch, capsys) -> None:
+    """SIGTERM mid-search: the run is marked interrupted and the message names its id and database."""
+    import os
+    import signal
+
+    import canopy.search_cmd
+    from canopy.cli import EXIT_INTERRUPTED, main
+    from store import schema
+    from store.db import make_engine
+    from tests.fakes import FakePolicy
+    from tests.test_eval import _components
+
+    class TerminatedPolicy(FakePolicy):
+        def propose(self, state, **kwargs):
+            if self.calls:
+                os.kill(os.getpid(), signal.SIGTERM)  # main's handler turns it into KeyboardInterrupt
+            return super().propose(state, **kwargs)
+
+    monkeypatch.setattr(canopy.search_cmd, "load_components", lambda *a, **k: _components(TerminatedPolicy()))
+    monkeypatch.setattr(canopy.search_cmd, "check_models", lambda *names: None)
+    previous = signal.getsignal(signal.SIGTERM)
+    db = tmp_path / "term.db"
+    try:
+        code = main(["search", "--index", "0", "--simulations", "8", "--similarity", "edit", "--db", str(db)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == EXIT_INTERRUPTED
+    from sqlmodel import Session, select
+
+    with Session(make_engine(str(db), create=False)) as session:
+        run = session.exec(select(schema.Run)).one()
+    assert run.status == "interrupted"
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"canopy: interrupted; resume with `canopy search --resume {run.id} --db {db}`"

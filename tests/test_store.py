@@ -12,22 +12,19 @@ from sqlmodel import Session, select
 
 from engine.api import Components, RunNotResumable, resume_search, run_to_resume, search_problem
 from engine.config import SearchConfig
-from engine.critics import Critics
 from engine.persist import load_tree
 from engine.types import Problem
 from store import schema
 from store.db import StoreError, make_engine
 from store.queries import list_trees
-from tests.fakes import FakeORM, FakePolicy, FakePRM, exact_similarity
+from tests.fakes import FakePolicy, fake_components
 from tests.test_search import QUESTION, _snapshot
 
 PROBLEM = Problem(question=QUESTION, answer="7", task="custom")
 
 
 def _components() -> Components:
-    policy = FakePolicy()
-    critics = Critics(prm=FakePRM(), orm=FakeORM())
-    return Components(policy, policy, critics, exact_similarity, {"prm": {"active": True}})
+    return fake_components(config=_config())
 
 
 def _config(simulations: int = 10) -> SearchConfig:
@@ -191,7 +188,16 @@ def test_foreign_database_is_refused(tmp_path) -> None:
     path = tmp_path / "other.db"
     with sqlite3.connect(path) as raw:
         raw.execute("CREATE TABLE something (x INTEGER)")
-    with pytest.raises(StoreError, match="older Canopy"):
+    with pytest.raises(StoreError, match=r"holds other tables \(something\), not Canopy's"):
+        make_engine(str(path))
+
+
+def test_a_canopy_database_without_a_schema_version_is_called_older(tmp_path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as raw:
+        for table in ("run", "tree", "node"):
+            raw.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)")
+    with pytest.raises(StoreError, match="made by an older Canopy"):
         make_engine(str(path))
 
 
