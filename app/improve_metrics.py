@@ -1,5 +1,6 @@
-"""Turning iteration rows into chartable metric tables. The improve loop writes
-``Iteration.metrics`` as free-form JSON; numbers are grouped by what their key says."""
+"""Turning iteration rows into chartable metric tables. ``Iteration.metrics`` is
+read through ``store.iterations.IterationMetrics``, and each chart draws named
+fields of it."""
 
 from __future__ import annotations
 
@@ -8,34 +9,27 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-GROUPS = {
-    "accuracy": ("Accuracy on held-out problems", ("acc",)),
-    "critics": ("Critics (precision, recall, ECE)", ("critics.",)),
-    "data": ("Training data sizes", ("example", "pairs", "size", "count", "prompts", "samples")),
-    "loss": ("Training losses", ("loss",)),
-    "tokens": ("Generated tokens per problem", ("tokens",)),
+from store.iterations import IterationMetrics
+
+CHARTS = {
+    "Accuracy on held-out problems": ("accuracy",),
+    "Critics (precision, recall, ECE)": ("critics",),
+    "Training data sizes": ("data",),
+    "Training losses": ("loss",),
+    "Generated tokens per problem": ("tokens", "train_search.tokens"),
 }
+"""Chart title -> the ``IterationMetrics`` fields (or a field of a field) it draws;
+other measurements go under "Other metrics"."""
 
 
-NOT_METRICS = ("config", "runs", "checkpoints", "done", "round", "seconds")
-"""Top-level keys the improve loop keeps in ``metrics`` for itself, not for charts."""
-
-
-def flatten(metrics: Any, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of nested dicts, keyed "a.b" (the loop's bookkeeping left out)."""
-    flat: dict[str, float] = {}
-    if isinstance(metrics, dict):
-        for key, value in metrics.items():
-            if not prefix and key in NOT_METRICS:
-                continue
-            flat.update(flatten(value, f"{prefix}{key}."))
-    elif isinstance(metrics, int | float) and not isinstance(metrics, bool):
-        flat[prefix.rstrip(".")] = float(metrics)
-    return flat
+def flatten(metrics: Any) -> dict[str, float]:
+    """The measurements of one stored ``Iteration.metrics``, keyed "field.key"
+    (the loop's bookkeeping left out, see ``IterationMetrics.measurements``)."""
+    return IterationMetrics.from_dict(metrics if isinstance(metrics, dict) else {}).measurements()
 
 
 def metric_table(iterations: pd.DataFrame) -> pd.DataFrame:
-    """One row per iteration, one column per numeric metric."""
+    """One row per iteration, one column per measurement."""
     rows = [
         {"iteration": f"{row.id}: {row.name}" if row.name else str(row.id), **flatten(row.metrics)}
         for row in iterations.itertuples(index=False)
@@ -43,12 +37,16 @@ def metric_table(iterations: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("iteration") if rows else pd.DataFrame()
 
 
+def _draws(path: str, column: str) -> bool:
+    return column == path or column.startswith(f"{path}.")
+
+
 def grouped(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """{chart title: the columns of ``table`` that belong to it}; leftovers under "Other metrics"."""
     charts: dict[str, pd.DataFrame] = {}
     used: set[str] = set()
-    for title, words in GROUPS.values():
-        columns = [c for c in table.columns if c not in used and any(w in c.lower() for w in words)]
+    for title, paths in CHARTS.items():
+        columns = [c for c in table.columns if any(_draws(path, c) for path in paths)]
         if columns:
             charts[title] = table[columns]
             used.update(columns)

@@ -17,7 +17,7 @@ from canopy.improve_cmd import improve_config
 from engine.config import ConfigError
 from store import schema
 from store.db import make_engine
-from training import improve as improve_module
+from training import improve_stages
 from training.improve import ImproveConfig, improve
 
 SMOLLM = "smollm2-135m"
@@ -123,16 +123,16 @@ def _tiny(tmp_path: Path) -> ImproveConfig:
 def test_tiny_loop_trains_evaluates_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'loop.db'}")
     config = _tiny(tmp_path)
-    real_train = improve_module._train
+    real_train = improve_stages.train_checkpoint
     crashed = []
 
-    def crash_once_in_value(engine_, config_, row, kind, log):
+    def crash_once_in_value(context, *, kind, **trainer):
         if kind == "value" and not crashed:
-            crashed.append(row.id)
+            crashed.append(context.iteration_id)
             raise RuntimeError("simulated crash while training the value head")
-        return real_train(engine_, config_, row, kind, log)
+        return real_train(context, kind=kind, **trainer)
 
-    monkeypatch.setattr(improve_module, "_train", crash_once_in_value)
+    monkeypatch.setattr(improve_stages, "train_checkpoint", crash_once_in_value)
     with pytest.raises(RuntimeError, match="simulated crash"):
         improve(engine, config, log=lambda message: None)
     with Session(engine) as session:
@@ -174,4 +174,4 @@ def test_tiny_loop_trains_evaluates_and_resumes(tmp_path: Path, monkeypatch: pyt
     eval_run = done.metrics["runs"]["eval_mcts"]
     with Session(engine) as session:
         run = session.get(schema.Run, eval_run)
-    assert run.config["settings"]["search"]["value_checkpoint"] == checkpoints["value"]
+    assert run.critics["value"]["checkpoint"] == checkpoints["value"]

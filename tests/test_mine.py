@@ -8,13 +8,12 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from engine.api import Components, search_problem
+from engine.api import search_problem
 from engine.config import ConfigError, SearchConfig
-from engine.critics import Critics
 from engine.types import Problem
 from store import schema
 from store.db import StoreError, make_engine
-from tests.fakes import FakeORM, FakePolicy, FakePRM, exact_similarity
+from tests.fakes import fake_components
 from training.mine import KINDS, MineConfig, load_examples, mine_trees, trees_of_run
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
@@ -406,11 +405,8 @@ def test_trees_of_run_lists_completed_trees(engine) -> None:
 
 
 def test_mining_a_searched_tree_gives_consistent_paths(engine) -> None:
-    policy = FakePolicy()
-    components = Components(
-        policy, policy, Critics(prm=FakePRM(), orm=FakeORM()), exact_similarity, {"prm": {"active": True}}
-    )
     config = SearchConfig(simulations=12, seed=3, similarity="edit", rollouts=1)
+    components = fake_components(config=config)  # the fake PRM and ORM, exact-match similarity
     problem = Problem(question="Tom has 3 apples and buys 4. How many?", answer="7", task="custom")
     result = search_problem(engine, problem, model="fake", config=config, components=components)
     counts = mine(engine, trees_of_run(engine, result.run_id), use_gold=True, max_sft_per_problem=3)

@@ -16,10 +16,9 @@ from engine.types import TrajectoryRequest
 from training.checkpoints import MARKER_FILE, atomic_directory, is_complete, read_marker, write_marker
 from training.dpo_config import DPOTrainConfig
 from training.dpo_trainer import train_dpo
-from training.orm_config import ORMTrainConfig
 from training.orm_trainer import train_orm
-from training.prm_config import PRMTrainConfig
 from training.prm_trainer import train_prm
+from training.rubric_config import RubricTrainConfig
 from training.sft_config import SFTTrainConfig
 from training.sft_trainer import train_sft
 from training.value_config import ValueTrainConfig
@@ -142,8 +141,8 @@ def test_atomic_directory_keeps_the_old_target_on_error(tmp_path: Path) -> None:
         (SFTTrainConfig, {"lora_target_modules": ()}, "e.g. q_proj"),
         (DPOTrainConfig, {"beta": 0}, "beta must be > 0"),
         (DPOTrainConfig, {"lora_dropout": 1.0}, "lora_dropout must be in [0, 1)"),
-        (PRMTrainConfig, {"eval_fraction": 1.0}, "eval_fraction must be in [0, 1)"),
-        (ORMTrainConfig, {"batch_size": 0}, "batch_size must be >= 1"),
+        (RubricTrainConfig, {"eval_fraction": 1.0}, "eval_fraction must be in [0, 1)"),
+        (RubricTrainConfig, {"batch_size": 0}, "batch_size must be >= 1"),
         (ValueTrainConfig, {"inner_size": 0}, "inner_size must be >= 1"),
         (ValueTrainConfig, {"learning_rate": -1.0}, "learning_rate must be > 0"),
     ],
@@ -156,12 +155,27 @@ def test_configs_reject_bad_values_with_the_fix(make, bad, words) -> None:
 def test_configs_carry_help_and_accept_lists() -> None:
     from dataclasses import fields
 
-    for config_class in (SFTTrainConfig, DPOTrainConfig, PRMTrainConfig, ORMTrainConfig, ValueTrainConfig):
+    for config_class in (SFTTrainConfig, DPOTrainConfig, RubricTrainConfig, ValueTrainConfig):
         assert all(f.metadata.get("help") for f in fields(config_class)), config_class.__name__
     config = SFTTrainConfig(lora_target_modules=["q_proj", "v_proj"])
     assert config.lora_target_modules == ("q_proj", "v_proj")
     assert config.to_dict()["lora_target_modules"] == ["q_proj", "v_proj"]
     assert SFTTrainConfig().to_dict()["full_finetune"] is False
+
+
+def test_configs_share_the_base_and_keep_their_own_defaults() -> None:
+    from training.base_config import FineTuneConfig, TrainConfig
+
+    for config_class in (SFTTrainConfig, DPOTrainConfig, RubricTrainConfig):
+        assert issubclass(config_class, FineTuneConfig)
+    assert issubclass(ValueTrainConfig, TrainConfig) and not issubclass(ValueTrainConfig, FineTuneConfig)
+    dpo, value, rubric = DPOTrainConfig(), ValueTrainConfig(), RubricTrainConfig()
+    assert (dpo.learning_rate, dpo.epochs, dpo.beta) == (5e-5, 1.0, 0.1)
+    assert (value.learning_rate, value.epochs, value.batch_size, value.eval_fraction) == (1e-3, 30, 64, 0.2)
+    assert isinstance(value.epochs, int)
+    assert (rubric.learning_rate, rubric.max_length, rubric.balance_classes) == (2e-4, 512, True)
+    with pytest.raises(ConfigError, match="the default is 5e-05"):
+        DPOTrainConfig(learning_rate=0)
 
 
 @pytest.mark.parametrize(
@@ -176,10 +190,10 @@ def test_configs_carry_help_and_accept_lists() -> None:
             [{**DPO_EXAMPLES[0], "rejected": GOOD[1]}],
             "prefers an option to itself",
         ),
-        (train_prm, PRMTrainConfig(), PRM_EXAMPLES[:3], "every prm label is True"),
-        (train_prm, PRMTrainConfig(), [{"question": "q", "steps": ["s"]}], "lacks label"),
-        (train_orm, ORMTrainConfig(), [], "no orm examples"),
-        (train_orm, ORMTrainConfig(), ORM_EXAMPLES[1::2], "every orm label is False"),
+        (train_prm, RubricTrainConfig(), PRM_EXAMPLES[:3], "every prm label is True"),
+        (train_prm, RubricTrainConfig(), [{"question": "q", "steps": ["s"]}], "lacks label"),
+        (train_orm, RubricTrainConfig(), [], "no orm examples"),
+        (train_orm, RubricTrainConfig(), ORM_EXAMPLES[1::2], "every orm label is False"),
         (train_value, ValueTrainConfig(), [], "no value examples"),
         (
             train_value,
@@ -261,7 +275,7 @@ def test_prm_learns_to_say_true_and_loads_as_a_critic(tmp_path: Path, base_dir: 
     prompt = (PRM_SYSTEM, prm_prompt(request))
     (before,) = base_policy.score_true([prompt])
     output = tmp_path / "prm"
-    config = PRMTrainConfig(**{**FAST, "max_steps": 4, "learning_rate": 1e-3, "balance_classes": False})
+    config = RubricTrainConfig(**{**FAST, "max_steps": 4, "learning_rate": 1e-3, "balance_classes": False})
     result = train_prm(PRM_EXAMPLES, base_model=MODEL, output_dir=output, config=config)
     assert result.steps == 4 and result.examples == 4
     _assert_trained_policy(output, base_dir, "prm")
@@ -273,7 +287,7 @@ def test_prm_learns_to_say_true_and_loads_as_a_critic(tmp_path: Path, base_dir: 
 def test_prm_and_orm_balance_skewed_labels(tmp_path: Path, base_dir: Path) -> None:
     output = tmp_path / "orm"
     skewed = [*ORM_EXAMPLES, ORM_EXAMPLES[0], ORM_EXAMPLES[2]]
-    result = train_orm(skewed, base_model=MODEL, output_dir=output, config=ORMTrainConfig(**FAST))
+    result = train_orm(skewed, base_model=MODEL, output_dir=output, config=RubricTrainConfig(**FAST))
     assert result.examples == 8, "4 True and 2 False become 4 and 4"
     _assert_trained_policy(output, base_dir, "orm")
     from engine.policies import load_policy

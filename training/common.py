@@ -25,43 +25,10 @@ from training.checkpoints import TrainResult, atomic_directory, write_marker
 
 if TYPE_CHECKING:
     from engine.policies.hf import HFPolicy
+    from training.base_config import FineTuneConfig, TrainConfig
 
 ProgressFn = Callable[[str], None]
 """Called with one human-readable line per event (loading, each logged step, saving)."""
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def need(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def validate_training_fields(config: Any) -> None:
-    """Range checks shared by the configs of the TRL-based trainers."""
-    need(
-        config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}; try 2e-4 for LoRA"
-    )
-    need(config.epochs > 0, f"epochs must be > 0, got {config.epochs}")
-    need(
-        config.max_steps == -1 or config.max_steps >= 1,
-        f"max_steps must be >= 1, or -1 to run whole epochs; got {config.max_steps}",
-    )
-    need(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
-    need(
-        config.gradient_accumulation_steps >= 1,
-        f"gradient_accumulation_steps must be >= 1, got {config.gradient_accumulation_steps}",
-    )
-    need(config.max_length >= 16, f"max_length must be >= 16 tokens, got {config.max_length}")
-    need(0 <= config.eval_fraction < 1, f"eval_fraction must be in [0, 1), got {config.eval_fraction}")
-    if not getattr(config, "full_finetune", False):
-        need(config.lora_r >= 1, f"lora_r must be >= 1, got {config.lora_r}; 16 is a good default")
-        need(config.lora_alpha > 0, f"lora_alpha must be > 0, got {config.lora_alpha}; usually 2 * lora_r")
-        need(0 <= config.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {config.lora_dropout}")
-        need(
-            len(config.lora_target_modules) > 0,
-            "lora_target_modules is empty; name the linear layers to adapt, e.g. " + ", ".join(LORA_TARGETS),
-        )
 
 
 def check_examples(examples: Sequence[dict], required: Sequence[str], kind: str) -> None:
@@ -157,7 +124,7 @@ def verdict_token_ids(renderer: HFPolicy) -> dict[bool, int]:
     return ids
 
 
-def lora_config(config: Any):
+def lora_config(config: FineTuneConfig):
     from peft import LoraConfig
 
     return LoraConfig(
@@ -169,7 +136,7 @@ def lora_config(config: Any):
     )
 
 
-def trl_arguments(config: Any, scratch_dir: str | Path) -> dict[str, Any]:
+def trl_arguments(config: FineTuneConfig, scratch_dir: str | Path) -> dict[str, Any]:
     """The ``TrainingArguments`` every TRL trainer here shares: fp32 on a CPU,
     no activation (gradient) checkpointing, which TRL turns on by default and
     which on a CPU with a small model costs time and saves little (set under
@@ -291,7 +258,7 @@ def train_on_completions(
     tokenizer,
     rows: list[dict],
     *,
-    config: Any,
+    config: FineTuneConfig,
     kind: str,
     base_model: str,
     output_dir: str | Path,
@@ -333,7 +300,7 @@ def train_and_save(
     make_trainer: Callable[[str, Any, Any], Any],
     rows: list[dict],
     *,
-    config: Any,
+    config: TrainConfig,
     tokenizer,
     kind: str,
     base_model: str,

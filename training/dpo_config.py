@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from training.common import LORA_TARGETS, need, validate_training_fields
+from training.base_config import FineTuneConfig, need
 
 
 def _help(text: str) -> dict[str, Any]:
@@ -13,28 +13,17 @@ def _help(text: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class DPOTrainConfig:
+class DPOTrainConfig(FineTuneConfig):
     """How ``train_dpo`` runs. Validated on construction."""
 
     learning_rate: float = field(
         default=5e-5, metadata=_help("AdamW learning rate (> 0); ~5e-7 when full_finetune.")
     )
-    beta: float = field(
-        default=0.1, metadata=_help("DPO beta (> 0): higher keeps the policy nearer the reference.")
-    )
     epochs: float = field(
         default=1.0, metadata=_help("Passes over the pairs (> 0); max_steps wins when set.")
     )
-    max_steps: int = field(
-        default=-1, metadata=_help("Stop after this many optimizer steps (>= 1), or -1 for epochs.")
-    )
-    batch_size: int = field(default=4, metadata=_help("Pairs per device per step (>= 1)."))
-    gradient_accumulation_steps: int = field(default=1, metadata=_help("Batches per optimizer step (>= 1)."))
     max_length: int = field(
         default=512, metadata=_help("Tokens kept per prompt plus option (>= 16); longer prompts are dropped.")
-    )
-    eval_fraction: float = field(
-        default=0.1, metadata=_help("Share of pairs held out for an eval loss, in [0, 1); 0 turns it off.")
     )
     full_finetune: bool = field(
         default=False,
@@ -42,20 +31,10 @@ class DPOTrainConfig:
             "Train every weight (loads a second copy of the model as the reference) instead of LoRA."
         ),
     )
-    lora_r: int = field(default=16, metadata=_help("LoRA rank (>= 1)."))
-    lora_alpha: float = field(default=32.0, metadata=_help("LoRA scaling alpha (> 0), usually 2 * lora_r."))
-    lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA path, in [0, 1)."))
-    lora_target_modules: tuple[str, ...] = field(
-        default=LORA_TARGETS, metadata=_help("Linear layers that get LoRA adapters.")
+    beta: float = field(
+        default=0.1, metadata=_help("DPO beta (> 0): higher keeps the policy nearer the reference.")
     )
-    seed: int = field(default=0, metadata=_help("Random seed of the split, shuffling and initialisation."))
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
-        validate_training_fields(self)
+        super().__post_init__()
         need(self.beta > 0, f"beta must be > 0, got {self.beta}; 0.1 is the usual value")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["lora_target_modules"] = list(self.lora_target_modules)
-        return data

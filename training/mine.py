@@ -55,7 +55,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete
@@ -66,76 +66,10 @@ from engine.answers import answers_match
 from engine.config import ConfigError
 from store import schema
 from store.db import StoreError
-
-KINDS = ("sft", "dpo", "value", "prm", "orm")
+from training.mine_config import KINDS, MineConfig
 
 _TOLERANCE = 1e-9
 """Slack on threshold comparisons, so 0.7 - 0.5 counts as a gap of 0.2."""
-
-
-def _help(text: str) -> dict[str, Any]:
-    return {"help": text}
-
-
-@dataclass(frozen=True)
-class MineConfig:
-    """What to mine from the trees, and the thresholds that decide each label."""
-
-    sft_orm_threshold: float = field(
-        default=0.5,
-        metadata=_help("A critic-picked SFT trajectory needs an ORM score >= this; in [0, 1]."),
-    )
-    use_gold: bool = field(
-        default=False,
-        metadata=_help(
-            "Allow gold answers: SFT keeps verified-correct trajectories; value/prm/orm labels "
-            "use verified outcomes."
-        ),
-    )
-    dpo_margin: float = field(
-        default=0.2, metadata=_help("Sibling options whose Q differs by >= this form a DPO pair; in (0, 1].")
-    )
-    dpo_min_visits: int = field(
-        default=1, metadata=_help("Both siblings of a DPO pair need at least this many visits (>= 1).")
-    )
-    prm_threshold: float = field(
-        default=0.5,
-        metadata=_help("A step is labelled good when its Monte Carlo estimate >= this; in [0, 1]."),
-    )
-    max_sft_per_problem: int = field(
-        default=1, metadata=_help("Most SFT trajectories kept per problem (>= 1).")
-    )
-    kinds: tuple[str, ...] = field(
-        default=KINDS, metadata=_help(f"Which kinds of examples to mine, among {', '.join(KINDS)}.")
-    )
-
-    def __post_init__(self) -> None:
-        if isinstance(self.kinds, str | list):
-            kinds = (self.kinds,) if isinstance(self.kinds, str) else self.kinds
-            object.__setattr__(self, "kinds", tuple(kinds))
-        self.validate()
-
-    def validate(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ConfigError(message)
-
-        need(
-            0 <= self.sft_orm_threshold <= 1,
-            f"sft_orm_threshold must be in [0, 1], got {self.sft_orm_threshold}",
-        )
-        need(isinstance(self.use_gold, bool), f"use_gold must be true or false, got {self.use_gold!r}")
-        need(0 < self.dpo_margin <= 1, f"dpo_margin must be in (0, 1], got {self.dpo_margin}")
-        need(self.dpo_min_visits >= 1, f"dpo_min_visits must be >= 1, got {self.dpo_min_visits}")
-        need(0 <= self.prm_threshold <= 1, f"prm_threshold must be in [0, 1], got {self.prm_threshold}")
-        need(
-            self.max_sft_per_problem >= 1,
-            f"max_sft_per_problem must be >= 1, got {self.max_sft_per_problem}",
-        )
-        need(len(self.kinds) > 0, f"kinds needs at least one of {', '.join(KINDS)}")
-        for kind in self.kinds:
-            need(kind in KINDS, f"kinds must be among {KINDS}, got {kind!r}")
-        need(len(set(self.kinds)) == len(self.kinds), f"kinds lists a kind twice: {self.kinds}")
 
 
 @dataclass(frozen=True)
@@ -427,21 +361,6 @@ def _rows(engine: Engine, kind: str, iteration_id: int | None) -> list[schema.Tr
 def load_examples(engine: Engine, *, kind: str, iteration_id: int | None = None) -> list[dict[str, Any]]:
     """Payloads of stored examples of one kind (of one iteration, or of all when None), in id order."""
     return [dict(row.payload) for row in _rows(engine, kind, iteration_id)]
-
-
-def load_records(engine: Engine, *, kind: str, iteration_id: int | None = None) -> list[dict[str, Any]]:
-    """Like ``load_examples``, each payload with its row's ``id``, ``iteration_id``,
-    ``source_tree_id`` and ``source_nodes`` added (what ``canopy export`` writes)."""
-    return [
-        {
-            **row.payload,
-            "id": row.id,
-            "iteration_id": row.iteration_id,
-            "source_tree_id": row.source_tree_id,
-            "source_nodes": list(row.source_nodes),
-        }
-        for row in _rows(engine, kind, iteration_id)
-    ]
 
 
 def trees_of_run(engine: Engine, run_id: int) -> list[int]:

@@ -32,7 +32,7 @@ from training.common import (
     train_on_completions,
     verdict_rows,
 )
-from training.orm_config import ORMTrainConfig
+from training.rubric_config import RubricTrainConfig
 
 
 def train_orm(
@@ -40,7 +40,7 @@ def train_orm(
     *,
     base_model: str,
     output_dir: str | Path,
-    config: ORMTrainConfig,
+    config: RubricTrainConfig,
     progress: ProgressFn | None = None,
 ) -> TrainResult:
     """Train ``base_model`` as an ORM on orm payloads (``question``, ``steps``,

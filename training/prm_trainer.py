@@ -32,7 +32,7 @@ from training.common import (
     train_on_completions,
     verdict_rows,
 )
-from training.prm_config import PRMTrainConfig
+from training.rubric_config import RubricTrainConfig
 
 
 def train_prm(
@@ -40,7 +40,7 @@ def train_prm(
     *,
     base_model: str,
     output_dir: str | Path,
-    config: PRMTrainConfig,
+    config: RubricTrainConfig,
     progress: ProgressFn | None = None,
 ) -> TrainResult:
     """Train ``base_model`` as a PRM on prm payloads (``question``, ``steps``,

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import data
 from app.components import require_store, untrusted
-from app.engine_info import DEFAULT_MODEL, improve_unavailable_reason, policy_models
+from app.engine_info import DEFAULT_MODEL, policy_models
 from app.improve_metrics import grouped, metric_figure, metric_table
 from app.jobs import start_job
 
@@ -21,77 +21,74 @@ st.caption(
 )
 
 st.subheader("Launch an iteration")
-if reason := improve_unavailable_reason():
-    st.info(reason, icon=":material/info:")
-else:
-    names = [m.name for m in policy_models()]
-    columns = st.columns(3)
-    model = columns[0].selectbox(
-        "Start from model",
-        names,
-        index=names.index(DEFAULT_MODEL) if DEFAULT_MODEL in names else 0,
-        key="improve.model",
-    )
-    task = columns[1].selectbox("Task", ["arithmetic", "gsm8k"], key="improve.task")
-    iterations = columns[2].number_input(
-        "Rounds",
-        min_value=1,
-        max_value=20,
-        value=1,
-        key="improve.iterations",
-        help="Improvement rounds after the starting model's own evaluation.",
-    )
-    columns = st.columns(3)
-    train_problems = columns[0].number_input(
-        "Training problems per round",
-        min_value=1,
-        value=20,
-        key="improve.train",
-        help="Each round searches this many fresh training problems and learns from the trees.",
-    )
-    eval_problems = columns[1].number_input(
-        "Held-out problems",
-        min_value=1,
-        value=20,
-        key="improve.eval",
-        help="Greedy and MCTS accuracy are measured on these, the same set every round.",
-    )
-    simulations = columns[2].number_input(
-        "Simulations per problem",
-        min_value=1,
-        value=16,
-        key="improve.simulations",
-    )
-    use_gold = st.checkbox(
-        "Use gold answers for labels",
-        value=True,
-        key="improve.gold",
-        help="Keep verified-correct trajectories for SFT and label the value head, PRM and ORM by "
-        "checking answers. Off: the critics pick the data (no ORM training).",
-    )
-    extra = st.text_input(
-        "More `canopy improve` options",
-        key="improve.extra",
-        placeholder="--sft-max-steps 50 --dpo",
-        help="Passed to the command as typed; `canopy improve --help` lists them.",
-    )
-    job = st.session_state.get(JOB_KEY)
-    busy = job is not None and job.alive
-    if st.button("Start iteration", type="primary", disabled=busy):
-        try:
-            extra_arguments = shlex.split(extra)
-        except ValueError as exc:
-            st.error(f"Cannot read the extra options: {exc}")
-        else:
-            arguments = [
-                "improve", "--model", model, "--task", task, "--db", url,
-                "--iterations", str(iterations), "--train-problems", str(train_problems),
-                "--eval-problems", str(eval_problems), "--simulations", str(simulations),
-                "--mine-use-gold", "true" if use_gold else "false",
-                *extra_arguments,
-            ]  # fmt: skip
-            st.session_state[JOB_KEY] = start_job("improve", arguments, db_url=url)
-            st.rerun()
+names = [m.name for m in policy_models()]
+columns = st.columns(3)
+model = columns[0].selectbox(
+    "Start from model",
+    names,
+    index=names.index(DEFAULT_MODEL) if DEFAULT_MODEL in names else 0,
+    key="improve.model",
+)
+task = columns[1].selectbox("Task", ["arithmetic", "gsm8k"], key="improve.task")
+iterations = columns[2].number_input(
+    "Rounds",
+    min_value=1,
+    max_value=20,
+    value=1,
+    key="improve.iterations",
+    help="Improvement rounds after the starting model's own evaluation.",
+)
+columns = st.columns(3)
+train_problems = columns[0].number_input(
+    "Training problems per round",
+    min_value=1,
+    value=20,
+    key="improve.train",
+    help="Each round searches this many fresh training problems and learns from the trees.",
+)
+eval_problems = columns[1].number_input(
+    "Held-out problems",
+    min_value=1,
+    value=20,
+    key="improve.eval",
+    help="Greedy and MCTS accuracy are measured on these, the same set every round.",
+)
+simulations = columns[2].number_input(
+    "Simulations per problem",
+    min_value=1,
+    value=16,
+    key="improve.simulations",
+)
+use_gold = st.checkbox(
+    "Use gold answers for labels",
+    value=True,
+    key="improve.gold",
+    help="Keep verified-correct trajectories for SFT and label the value head, PRM and ORM by "
+    "checking answers. Off: the critics pick the data (no ORM training).",
+)
+extra = st.text_input(
+    "More `canopy improve` options",
+    key="improve.extra",
+    placeholder="--sft-max-steps 50 --dpo",
+    help="Passed to the command as typed; `canopy improve --help` lists them.",
+)
+job = st.session_state.get(JOB_KEY)
+busy = job is not None and job.alive
+if st.button("Start iteration", type="primary", disabled=busy):
+    try:
+        extra_arguments = shlex.split(extra)
+    except ValueError as exc:
+        st.error(f"Cannot read the extra options: {exc}")
+    else:
+        arguments = [
+            "improve", "--model", model, "--task", task, "--db", url,
+            "--iterations", str(iterations), "--train-problems", str(train_problems),
+            "--eval-problems", str(eval_problems), "--simulations", str(simulations),
+            "--mine-use-gold", "true" if use_gold else "false",
+            *extra_arguments,
+        ]  # fmt: skip
+        st.session_state[JOB_KEY] = start_job("improve", arguments, db_url=url)
+        st.rerun()
 
 
 def _job():
