@@ -13,8 +13,8 @@ import pandas as pd
 import streamlit as st
 
 from app import data
-from app.engine_info import answers_match
 from app.layout import COLOR_BY, TreeSnapshot, build_tree_figure, replay, selected_node
+from engine.answers import answers_match
 
 SELECTED_NODES = "selected_nodes"
 """Session key: {tree id: selected node index} (not a widget key, so it survives

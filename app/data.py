@@ -6,8 +6,7 @@ the tree changes.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,12 +14,12 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from engine.calibration import verified_outcome
+from store import queries
 from store.db import StoreError, default_db_url, make_engine, normalize_url
+from store.examples import export_records, jsonl_line
 from store.schema import (
-    HEARTBEAT_TIMEOUT,
     FilteredOption,
     Iteration,
     Node,
@@ -29,6 +28,7 @@ from store.schema import (
     SearchEvent,
     TrainingExample,
     Tree,
+    run_is_live,
 )
 from store.schema import as_utc as schema_as_utc
 
@@ -115,11 +115,12 @@ def as_utc(moment: datetime | None) -> datetime | None:
     return schema_as_utc(moment) if present(moment) else None
 
 
-def run_state(status: str, heartbeat_at: datetime | None, now: datetime | None = None) -> str:
-    """The status to show: a "running" run without a recent heartbeat is dead."""
-    now = now or datetime.now(UTC)
-    beat = as_utc(heartbeat_at)
-    if status == "running" and (beat is None or now - beat > HEARTBEAT_TIMEOUT):
+def run_state(
+    status: str, heartbeat_at: datetime | None, pid: int | None, now: datetime | None = None
+) -> str:
+    """The status to show: a "running" run that no process writes any more (see
+    ``run_is_live``: a stale heartbeat, or its process gone) is "stopped (no heartbeat)"."""
+    if status == "running" and not run_is_live(status, as_utc(heartbeat_at), pid, now=now):
         return "stopped (no heartbeat)"
     return status
 
@@ -190,7 +191,7 @@ def runs(url: str) -> pd.DataFrame:
     now = datetime.now(UTC)
     for row in rows:
         row["created_at"] = as_utc(row["created_at"])
-        row["state"] = run_state(row["status"], row["heartbeat_at"], now)
+        row["state"] = run_state(row["status"], row["heartbeat_at"], row["pid"], now)
         row["shown_state"] = STATE_ICONS.get(row["state"], row["state"])
         row["accuracy"] = row["correct"] / row["graded"] if row["graded"] else None
     columns = [c.name for c in statement.selected_columns] + ["state", "shown_state", "accuracy"]
@@ -308,36 +309,7 @@ def tree_backups(url: str, tree_id: int, stamp: tuple[Any, ...]) -> list[tuple[i
 def critic_nodes(url: str, run_ids: tuple[int, ...]) -> pd.DataFrame:
     """Every node of the given runs' trees, with the problem's gold answer and a
     verified outcome where one can be worked out (see ``verified_outcome``)."""
-    columns = [
-        Node.tree_id,
-        Tree.run_id,
-        Node.index,
-        Node.depth,
-        Node.option_text,
-        Node.visits,
-        Node.q,
-        Node.value_score,
-        Node.prm_score,
-        Node.orm_score,
-        Node.tool_score,
-        Node.combined_score,
-        Node.terminal,
-        Node.answer,
-        Node.rollouts,
-        Problem.answer.label("gold"),
-    ]
-    statement = (
-        select(*columns)
-        .join(Tree, Tree.id == Node.tree_id)
-        .join(Problem, Problem.id == Tree.problem_id)
-        .where(Tree.run_id.in_(run_ids), Node.parent_index >= 0)
-    )
-    frame = _frame(_rows(url, statement), [c.name for c in statement.selected_columns])
-    frame["outcome"] = [
-        verified_outcome(row.terminal, row.answer, row.rollouts, row.gold)
-        for row in frame.itertuples(index=False)
-    ]
-    return frame.drop(columns=["rollouts"])
+    return queries.critic_nodes(engine(url), run_ids, outcome=verified_outcome)
 
 
 @st.cache_data(ttl=2, show_spinner=False)
@@ -366,40 +338,12 @@ def example_counts(url: str) -> pd.DataFrame:
     return _frame(_rows(url, statement), ["kind", "iteration_id", "examples"])
 
 
-def _examples_statement(kinds: Sequence[str], iteration_ids: Sequence[int | None]) -> Any:
-    statement = select(TrainingExample).order_by(TrainingExample.id)
-    if kinds:
-        statement = statement.where(TrainingExample.kind.in_(kinds))
-    if iteration_ids:
-        known = [i for i in iteration_ids if i is not None]
-        condition = TrainingExample.iteration_id.in_(known)
-        if None in iteration_ids:
-            condition = condition | TrainingExample.iteration_id.is_(None)
-        statement = statement.where(condition)
-    return statement
-
-
-def iter_examples(
-    url: str, kinds: Sequence[str], iteration_ids: Sequence[int | None]
-) -> Iterator[dict[str, Any]]:
-    with Session(engine(url)) as session:
-        for example in session.scalars(_examples_statement(kinds, iteration_ids)):
-            yield {
-                "id": example.id,
-                "kind": example.kind,
-                "iteration_id": example.iteration_id,
-                "source_tree_id": example.source_tree_id,
-                "source_nodes": example.source_nodes,
-                "payload": example.payload,
-            }
-
-
 @st.cache_data(ttl=5, show_spinner=False, max_entries=8)
 def examples_jsonl(url: str, kinds: tuple[str, ...], iteration_ids: tuple[int | None, ...]) -> str:
-    """The chosen examples, one JSON object a line (what ``canopy export`` writes)."""
-    return "".join(
-        json.dumps(row, ensure_ascii=False) + "\n" for row in iter_examples(url, kinds, iteration_ids)
-    )
+    """The chosen examples (empty means all; None is "no iteration") as JSONL, line
+    for line what ``canopy export`` writes (see ``store.examples``)."""
+    records = export_records(engine(url), kinds=kinds, iteration_ids=iteration_ids)
+    return "".join(jsonl_line(record) for record in records)
 
 
 def run_progress(url: str, run_id: int) -> tuple[dict[str, Any] | None, pd.DataFrame]:
@@ -407,7 +351,15 @@ def run_progress(url: str, run_id: int) -> tuple[dict[str, Any] | None, pd.DataF
     run_rows = _rows(
         url,
         select(
-            Run.id, Run.status, Run.model, Run.task, Run.error, Run.heartbeat_at, Run.created_at, Run.seconds
+            Run.id,
+            Run.status,
+            Run.model,
+            Run.task,
+            Run.error,
+            Run.heartbeat_at,
+            Run.pid,
+            Run.created_at,
+            Run.seconds,
         ).where(Run.id == run_id),
     )
     columns = [
@@ -433,5 +385,5 @@ def run_progress(url: str, run_id: int) -> tuple[dict[str, Any] | None, pd.DataF
     if not run_rows:
         return None, tree_rows
     run = run_rows[0]
-    run["state"] = run_state(run["status"], run["heartbeat_at"])
+    run["state"] = run_state(run["status"], run["heartbeat_at"], run["pid"])
     return run, tree_rows

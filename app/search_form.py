@@ -32,9 +32,6 @@ SECTIONS: dict[str, tuple[str, list[str]]] = {
             "weight_prm",
             "weight_orm",
             "weight_tool",
-            "value_checkpoint",
-            "prm_checkpoint",
-            "orm_checkpoint",
         ],
     ),
     "rollouts": (
@@ -105,6 +102,26 @@ def setting_widget(spec: Any, options: dict[str, tuple[str, ...]], prefix: str) 
         )
     text = st.text_input(label(name), value=default or "", help=help_text, key=key)
     return text.strip() or None
+
+
+CHECKPOINT_LABELS = {
+    "value": "Value-head checkpoint",
+    "prm": "Trained PRM folder",
+    "orm": "Trained ORM folder",
+}
+
+
+def critic_models_form(config_module: ModuleType, prefix: str = "search.critic_models") -> dict[str, Any]:
+    """A path field per ``CriticModels`` field (the trained critics' folders);
+    returns ``{name: path or None}``."""
+    values = {}
+    for spec in fields(config_module.CriticModels):
+        key = f"{prefix}.{spec.name}"
+        text = st.text_input(
+            CHECKPOINT_LABELS.get(spec.name, label(spec.name)), help=spec.metadata.get("help"), key=key
+        )
+        values[spec.name] = text.strip() or None
+    return values
 
 
 def settings_form(

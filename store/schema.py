@@ -8,6 +8,7 @@ without rewriting ids. Nothing here imports torch or the engine.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +31,35 @@ def as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+def run_is_live(
+    status: str, heartbeat_at: datetime | None, pid: int | None, *, now: datetime | None = None
+) -> bool:
+    """Whether a process is still writing a run: its ``status`` is "running", its
+    heartbeat is at most ``HEARTBEAT_TIMEOUT`` old at ``now`` (default: the present)
+    and, when ``pid`` is known, a process with that id exists on this machine.
+
+    A run killed hard stays "running" in the store: a stale heartbeat says so
+    after a minute, a missing process at once.
+    """
+    if status != "running" or heartbeat_at is None:
+        return False
+    if (now or utcnow()) - as_utc(heartbeat_at) > HEARTBEAT_TIMEOUT:
+        return False
+    return pid is None or _process_exists(pid)
+
+
+def _process_exists(pid: int) -> bool:
+    if pid <= 0:  # 0 and -1 would ask about process groups, not one process
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
 def _json(default: Any) -> Any:
     return Field(default_factory=lambda: type(default)(default), sa_column=Column(JSON, nullable=False))
 
@@ -45,9 +75,10 @@ class Run(SQLModel, table=True):
     """One invocation that produced trees (a search, an evaluation, ...).
 
     ``status`` is "running", "completed", "failed" or "interrupted". A process
-    killed hard leaves "running": ``heartbeat_at`` older than a minute means no
-    one is writing it any more. ``config`` is the full ``SearchConfig`` with the
-    critic weights actually in force (``critics`` says which critics ran).
+    killed hard leaves "running": ``run_is_live`` tells from ``heartbeat_at`` and
+    ``pid`` (the writer's process id) whether anyone still writes it. ``config``
+    is the full ``SearchConfig`` with the critic weights actually in force
+    (``critics`` says which critics ran).
     """
 
     id: int | None = Field(default=None, primary_key=True)
@@ -196,7 +227,7 @@ class Iteration(SQLModel, table=True):
 
 
 class TrainingExample(SQLModel, table=True):
-    """A mined example: kind is "sft", "dpo", "value", "prm" or "orm"."""
+    """A mined example; ``kind`` is one of ``store.example_kinds.EXAMPLE_KINDS``."""
 
     id: int | None = Field(default=None, primary_key=True)
     iteration_id: int | None = Field(default=None, foreign_key="iteration.id", index=True)

@@ -296,13 +296,10 @@ def seed_database(path: Path) -> SeedInfo:
                 model="smollm2-135m",
                 status="completed",
                 stage="done",
-                metrics={
-                    "greedy_accuracy": 0.2,
-                    "mcts_accuracy": 0.35,
-                    "sft_examples": 40,
-                    "dpo_pairs": 12,
-                    "sft_loss": 1.8,
-                    "value_loss": 0.31,
+                metrics={  # as the improve loop writes them (store.iterations.IterationMetrics)
+                    "accuracy": {"greedy": 0.2, "mcts": 0.35},
+                    "data": {"sft_examples": 40, "dpo_examples": 12},
+                    "loss": {"sft": 1.8, "value": 0.31},
                 },
                 created_at=now - timedelta(days=2),
                 updated_at=now - timedelta(days=2),
@@ -317,7 +314,7 @@ def seed_database(path: Path) -> SeedInfo:
                 checkpoint_path="/tmp/ckpt/iter-1",
                 status="running",
                 stage="searching training prompts",
-                metrics={"greedy_accuracy": 0.25, "sft_examples": 55, "sft_loss": 1.2},
+                metrics={"accuracy": {"greedy": 0.25}, "data": {"sft_examples": 55}, "loss": {"sft": 1.2}},
                 created_at=now - timedelta(days=1),
                 updated_at=now,
             ),
@@ -446,5 +443,6 @@ def make_old_schema_db(path: Path) -> str:
     import sqlite3
 
     with sqlite3.connect(path) as connection:
-        connection.execute("CREATE TABLE run (id INTEGER PRIMARY KEY, model TEXT)")
+        for table in ("run", "tree", "node"):
+            connection.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)")
     return f"sqlite:///{path}"

@@ -3,6 +3,9 @@ grouping, CLI arguments and run liveness."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -154,7 +157,7 @@ def test_verified_outcomes() -> None:
     assert verified_outcome(True, "15", [], None) is None
 
 
-def test_metrics_are_grouped_by_kind() -> None:
+def test_metrics_are_grouped_by_field() -> None:
     assert flatten({"eval": {"greedy_accuracy": 0.5}, "flag": True, "name": "x"}) == {
         "eval.greedy_accuracy": 0.5
     }
@@ -166,11 +169,9 @@ def test_metrics_are_grouped_by_kind() -> None:
         }
     )
     charts = grouped(metric_table(iterations))
-    assert set(charts) == {
-        "Accuracy on held-out problems",
-        "Training losses",
-        "Training data sizes",
-        "Other metrics",
+    # Keys that are no field of IterationMetrics are not guessed at from their words.
+    assert {title: sorted(frame.columns) for title, frame in charts.items()} == {
+        "Other metrics": ["greedy_accuracy", "odd", "sft_examples", "sft_loss"]
     }
     loop = {  # as the improve loop writes them
         "accuracy": {"greedy": 0.2, "mcts": 0.3},
@@ -221,13 +222,27 @@ def test_launch_binds_localhost_by_default() -> None:
 
 def test_stale_running_run_is_shown_as_stopped() -> None:
     now = datetime.now(UTC)
-    assert run_state("running", now - timedelta(seconds=5), now) == "running"
-    assert run_state("running", now - timedelta(seconds=90), now) == "stopped (no heartbeat)"
+    assert run_state("running", now - timedelta(seconds=5), None, now) == "running"
+    assert run_state("running", now - timedelta(seconds=90), None, now) == "stopped (no heartbeat)"
     assert (
-        run_state("running", (now - timedelta(seconds=90)).replace(tzinfo=None), now)
+        run_state("running", (now - timedelta(seconds=90)).replace(tzinfo=None), None, now)
         == "stopped (no heartbeat)"
     )
-    assert run_state("completed", now - timedelta(days=3), now) == "completed"
+    assert run_state("completed", now - timedelta(days=3), None, now) == "completed"
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_run_whose_process_is_gone_is_stopped_before_its_heartbeat_ages() -> None:
+    now = datetime.now(UTC)
+    fresh = now - timedelta(seconds=5)
+    assert run_state("running", fresh, os.getpid(), now) == "running"
+    assert run_state("running", fresh, _dead_pid(), now) == "stopped (no heartbeat)"
+    assert run_state("running", now - timedelta(seconds=90), os.getpid(), now) == "stopped (no heartbeat)"
 
 
 def test_chart_events_in_every_customdata_shape() -> None:

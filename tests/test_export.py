@@ -1,4 +1,5 @@
-"""``canopy export``: mined examples to JSONL and to a Hugging Face dataset, and its one-line errors."""
+"""``canopy export``: mined examples to JSONL and to a Hugging Face dataset, and its one-line errors;
+the app's Data page downloads the very same lines."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import json
 
 import pytest
 
-from canopy import export_cmd
-from canopy.cli import main
+from app import data
+from canopy.cli import main, make_parser
 from store.db import make_engine
+from store.examples import PROVENANCE_KEYS
 from tests.test_mine import QUESTION, add_iteration, add_tree
 from training import mine
 from training.mine import MineConfig, load_examples, mine_trees
@@ -32,8 +34,13 @@ def _error(capsys) -> str:
     return err
 
 
-def test_kinds_match_the_miner() -> None:
-    assert export_cmd.KINDS == mine.KINDS
+def test_export_offers_the_miners_kinds(capsys) -> None:
+    for kind in mine.KINDS:
+        assert make_parser().parse_args(["export", "--kind", kind, "--out", "x"]).kind == kind
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["export", "--kind", "rlhf", "--out", "x"])
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and all(kind in err.split("choose from")[1] for kind in mine.KINDS)
 
 
 def test_jsonl_writes_payloads_with_their_provenance(db, tmp_path, capsys) -> None:
@@ -44,8 +51,9 @@ def test_jsonl_writes_payloads_with_their_provenance(db, tmp_path, capsys) -> No
     assert [record["source_nodes"] for record in records] == [[1, 2], [3, 4], [1, 2], [3, 4]]
     assert [record["iteration_id"] for record in records] == [None, None, 1, 1]
     assert records[0]["question"] == QUESTION and records[0]["source_tree_id"] == 1
-    payload_keys = {"question", "prefix", "chosen", "rejected", "chosen_q", "rejected_q"}
-    assert set(records[0]) == payload_keys | {"id", "iteration_id", "source_tree_id", "source_nodes"}
+    payload_keys = ["question", "prefix", "chosen", "rejected", "chosen_q", "rejected_q"]
+    assert list(records[0]) == [*payload_keys, "id", "kind", "iteration_id", "source_tree_id", "source_nodes"]
+    assert {record["kind"] for record in records} == {"dpo"}
     ids = [record["id"] for record in records]
     assert ids == sorted(ids)
     engine = make_engine(db, create=False)
@@ -113,3 +121,32 @@ def test_missing_database_is_an_error_and_is_not_created(tmp_path, capsys) -> No
     assert main(["export", "--kind", "sft", "--db", str(missing), "--out", str(out)]) == 2
     assert _error(capsys).startswith(f"canopy: error: no database at {missing}")
     assert not missing.exists() and not out.exists()
+
+
+def test_the_data_page_downloads_the_same_lines(db, tmp_path) -> None:
+    """For every kind, and for one iteration, the app's JSONL is byte for byte what
+    ``canopy export`` writes for the same rows."""
+    everything = data.examples_jsonl(db, (), ()).splitlines()
+    for kind in mine.KINDS:
+        out = tmp_path / f"{kind}.jsonl"
+        assert main(["export", "--kind", kind, "--db", db, "--out", str(out)]) == 0
+        exported = out.read_text(encoding="utf-8").splitlines()
+        assert exported == data.examples_jsonl(db, (kind,), ()).splitlines()
+        assert exported == [line for line in everything if json.loads(line)["kind"] == kind]
+    out = tmp_path / "prm-1.jsonl"
+    assert main(["export", "--kind", "prm", "--iteration", "1", "--db", db, "--out", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == data.examples_jsonl(db, ("prm",), (1,))
+    assert everything
+    for line in everything:
+        record = json.loads(line)
+        assert list(record)[-len(PROVENANCE_KEYS) :] == list(PROVENANCE_KEYS)
+
+
+def test_the_export_parser_does_not_load_the_store() -> None:
+    """Every ``canopy`` start builds this parser: it must not pay for SQLAlchemy."""
+    import subprocess
+    import sys
+
+    check = "import sys, canopy.export_cmd; print([m for m in sys.modules if m.startswith('sqlalchemy')])"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr[-2000:]

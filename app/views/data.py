@@ -4,14 +4,8 @@ import streamlit as st
 
 from app import data
 from app.components import require_store
-
-KINDS = {
-    "sft": "prompt → best trajectory found by the search (supervised fine-tuning)",
-    "dpo": "prompt → a preferred and a rejected sibling step (preference training)",
-    "value": "partial solution → its backed-up return (value function)",
-    "prm": "step → whether it was correct (process reward model)",
-    "orm": "finished solution → whether the answer was right (outcome reward model)",
-}
+from store.example_kinds import EXAMPLE_KINDS
+from store.examples import PROVENANCE_KEYS
 
 url = data.db_url()
 st.title("Data")
@@ -28,9 +22,9 @@ if counts.empty:
 by_kind = counts.groupby("kind")["examples"].sum()
 columns = st.columns(len(by_kind))
 for column, (kind, total) in zip(columns, by_kind.items(), strict=True):
-    column.metric(kind.upper(), int(total), help=KINDS.get(kind, ""))
+    column.metric(kind.upper(), int(total), help=EXAMPLE_KINDS.get(kind, ""))
 with st.expander("What each kind is"):
-    for kind, meaning in KINDS.items():
+    for kind, meaning in EXAMPLE_KINDS.items():
         st.markdown(f"- **{kind}**: {meaning}")
 iterations = data.iterations(url)
 names = dict(zip(iterations["id"], iterations["name"], strict=True))
@@ -66,8 +60,9 @@ st.download_button(
     disabled=lines == 0,
 )
 st.caption(
-    "One JSON object a line: `id`, `kind`, `iteration_id`, `source_tree_id`, `source_nodes`, `payload`. "
-    "The command line does the same with `canopy export`."
+    "One JSON object a line: the example's fields (they depend on its kind), then "
+    + ", ".join(f"`{key}`" for key in PROVENANCE_KEYS)
+    + ". `canopy export --kind KIND` writes the same lines for one kind."
 )
 with st.expander("Preview the first examples"):
     for line in jsonl.splitlines()[:5]:

@@ -4,7 +4,7 @@ import streamlit as st
 
 from app import data
 from app.components import open_in_trees
-from app.engine_info import DEMO_MODEL, search_unavailable_reason
+from app.engine_info import DEMO_MODEL
 from app.jobs import search_arguments, start_job
 from app.live import JOB_KEY
 
@@ -22,10 +22,6 @@ st.markdown(
 
 
 def run_demo() -> None:
-    reason = search_unavailable_reason()
-    if reason:
-        st.session_state["home.demo_error"] = reason
-        return
     arguments = search_arguments(db_url=url, model=DEMO_MODEL, task="arithmetic", index=0)
     st.session_state[JOB_KEY] = start_job("search", arguments + DEMO_ARGUMENTS, db_url=url)
     st.session_state["home.go_to_search"] = True
@@ -39,8 +35,6 @@ with st.container(border=True):
         "internet needed) for 6 simulations, and shows the tree growing on the Search page. "
         "Takes a few minutes on a laptop CPU; the tree appears after the first simulation."
     )
-    if reason := st.session_state.pop("home.demo_error", None):
-        st.warning(reason)
 if st.session_state.pop("home.go_to_search", False):
     st.switch_page("views/search.py")
 

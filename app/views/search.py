@@ -2,17 +2,12 @@
 
 import streamlit as st
 
+import engine.config as search_config
 from app import data
-from app.engine_info import (
-    DEFAULT_MODEL,
-    TASKS,
-    policy_models,
-    search_config_module,
-    search_unavailable_reason,
-)
+from app.engine_info import DEFAULT_MODEL, TASKS, policy_models
 from app.jobs import config_arguments, search_arguments, start_job
 from app.live import JOB_KEY, live_view
-from app.search_form import settings_form
+from app.search_form import critic_models_form, settings_form
 
 url = data.db_url()
 st.title("Search")
@@ -48,13 +43,6 @@ elif running is not None and not running.empty:
     live_view(url, int(run_id))
 
 st.subheader("New search")
-if reason := search_unavailable_reason():
-    st.warning(reason)
-config_module = search_config_module()
-if config_module is None:
-    st.error("The search settings (engine/config.py) cannot be read, so the form cannot be built.")
-    st.stop()
-
 models = policy_models()
 names = [m.name for m in models]
 descriptions = {m.name: m.description for m in models}
@@ -120,12 +108,19 @@ def rollout_model_picker() -> None:
     )
 
 
-values = settings_form(config_module, extras={"rollouts": rollout_model_picker})
+critic_models: dict[str, str | None] = {}
+
+
+def trained_critics() -> None:
+    critic_models.update(critic_models_form(search_config))
+
+
+values = settings_form(search_config, extras={"rollouts": rollout_model_picker, "critics": trained_critics})
 rollout_choice = st.session_state.get("search.rollout_model", "same")
 
 problems = []
 try:
-    config = config_module.SearchConfig(**values)
+    config = search_config.SearchConfig(**values)
 except (ValueError, TypeError) as exc:
     problems.append(str(exc))
 if not model:
@@ -142,7 +137,7 @@ start = st.button(
     "Start search",
     type="primary",
     icon=":material/play_arrow:",
-    disabled=bool(problems) or busy or reason is not None,
+    disabled=bool(problems) or busy,
     help="One search at a time per browser tab: stop the current one first." if busy else None,
 )
 st.caption(
@@ -159,7 +154,8 @@ if start:
         answer=answer,
         data_path=data_path or None,
         rollout_model=None if rollout_choice == "same" else rollout_choice,
-        config_flags=config_arguments(config.to_dict(), config_module.SearchConfig()),
+        config_flags=config_arguments(config.to_dict(), search_config.SearchConfig())
+        + [arg for name, path in critic_models.items() if path for arg in (f"--{name}-checkpoint", path)],
     )
     st.session_state[JOB_KEY] = start_job("search", arguments, db_url=url)
     st.rerun()

@@ -1,5 +1,5 @@
-"""A real app in a real headless Chromium: the server runs as `canopy app` (or
-`streamlit run` before the CLI exists) on a free port over a seeded store."""
+"""A real app in a real headless Chromium: the server runs as `canopy app` on a
+free port over a seeded store."""
 
 from __future__ import annotations
 
@@ -55,18 +55,7 @@ class AppServer:
     def __init__(self, db_url: str, log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        if (ROOT / "canopy" / "__main__.py").exists():
-            command = [sys.executable, "-m", "canopy", "app", "--db", db_url, "--port", str(self.port)]
-        else:
-            command = [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "app/main.py",
-                "--server.port",
-                str(self.port),
-            ]
+        command = [sys.executable, "-m", "canopy", "app", "--db", db_url, "--port", str(self.port)]
         self.log = log_path.open("wb")
         self.process = subprocess.Popen(
             command,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import ROOT, AppServer, assert_no_errors, screenshot, wait_idle
+from tests.e2e.conftest import AppServer, assert_no_errors, screenshot, wait_idle
 
 pytestmark = [pytest.mark.browser]
 
@@ -93,15 +93,7 @@ def test_critics_and_compare_views(seeded_server: AppServer, page) -> None:
     screenshot(page, "trees-compare")
 
 
-def engine_missing() -> str | None:
-    for path in ("canopy/cli.py", "engine/search.py"):
-        if not (ROOT / path).exists():
-            return "engine not available"
-    return None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(engine_missing() is not None, reason="engine not available")
 def test_live_search_on_smollm2_grows(tmp_path, page) -> None:
     """Start a 6-simulation search on smollm2-135m from the Search page and watch
     the node count grow (slow: loads a real model on the CPU)."""
