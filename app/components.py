@@ -27,7 +27,9 @@ CRITIC_HELP = (
     "**Value function**: predicts the final reward from this partial solution. "
     "**PRM** (process reward model): probability that this step is correct. "
     "**ORM** (outcome reward model): probability that a finished solution through this node is correct, "
-    "judged on fast rollouts. **Tool**: an arithmetic checker that recomputes the sums it finds. "
+    "judged on fast rollouts. **Tool**: a checker, either arithmetic (recomputes the sums it finds) or "
+    "program (the share of programs the policy wrote for the problem, run in a sandbox, whose result "
+    "agrees with the answer reached). "
     "**Combined**: their weighted mean, the value the search backs up. "
     "**Q**: the mean backed-up value over the node's visits."
 )
@@ -37,7 +39,7 @@ CRITICS = [
     ("Value", "value_score", "expected final reward"),
     ("PRM", "prm_score", "is this step correct?"),
     ("ORM", "orm_score", "is the finished answer right?"),
-    ("Tool", "tool_score", "does the arithmetic check?"),
+    ("Tool", "tool_score", "does a checker agree?"),
     ("Combined", "combined_score", "what the search backs up"),
 ]
 
@@ -192,8 +194,14 @@ def path_to(nodes: pd.DataFrame, index: int) -> list[int]:
     return path[::-1]
 
 
-def node_detail(tree: pd.Series, nodes: pd.DataFrame, filtered: pd.DataFrame, index: int) -> None:
-    """Everything stored about one node."""
+def node_detail(
+    tree: pd.Series,
+    nodes: pd.DataFrame,
+    filtered: pd.DataFrame,
+    index: int,
+    programs: pd.DataFrame | None = None,
+) -> None:
+    """Everything stored about one node (and the program checker's programs)."""
     rows = nodes[nodes["index"] == index]
     if rows.empty:
         st.info(f"Node {index} does not exist at this point of the replay; pick another node.")
@@ -297,6 +305,38 @@ def node_detail(tree: pd.Series, nodes: pd.DataFrame, filtered: pd.DataFrame, in
     )
     if len(own):
         st.caption(f"{len(own)} sampled option(s) were dropped as near-duplicates of this node.")
+    if programs is not None and len(programs):
+        reached = [node["answer"]] if bool(node["terminal"]) else [r.get("answer") for r in rollouts]
+        program_checks(programs, [str(answer) for answer in reached if data.present(answer)])
+
+
+def program_checks(programs: pd.DataFrame, answers: list[str]) -> None:
+    """The program checker's evidence: each program, what it printed, and
+    whether its result agrees with the answers this node reached."""
+    verdicts = [v for v in programs["verdict"] if data.present(v)]
+    st.caption(
+        f"Program checker: {len(programs)} programs written for this problem, {len(verdicts)} gave a "
+        "result. The tool score of a trajectory is the share of those results equal to its answer."
+    )
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "program": programs["text"],
+                "status": programs["status"],
+                "printed": programs["output"],
+                "result": programs["verdict"],
+                "agrees with this node's answers": [
+                    None
+                    if not data.present(verdict) or not answers
+                    else ", ".join(a for a in answers if answers_match(a, str(verdict))) or "no"
+                    for verdict in programs["verdict"]
+                ],
+                "error": programs["error"],
+            }
+        ),
+        hide_index=True,
+        column_config={"program": st.column_config.TextColumn(width="large")},
+    )
 
 
 def run_message(state: str, error: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, inspect, select
 from sqlalchemy.engine import Engine
 
 from engine.calibration import verified_outcome
@@ -28,6 +28,7 @@ from store.schema import (
     SearchEvent,
     TrainingExample,
     Tree,
+    VerifierProgram,
     run_is_live,
 )
 from store.schema import as_utc as schema_as_utc
@@ -285,6 +286,25 @@ def tree_filtered(url: str, tree_id: int, stamp: tuple[Any, ...]) -> pd.DataFram
         FilteredOption.simulation,
     ]
     statement = select(*columns).where(FilteredOption.tree_id == tree_id).order_by(FilteredOption.id)
+    return _frame(_rows(url, statement), [c.name for c in columns])
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def tree_programs(url: str, tree_id: int, stamp: tuple[Any, ...]) -> pd.DataFrame:
+    """The programs the program checker wrote for the tree's problem, in order
+    (empty where the checker was off, or in a database made before it existed)."""
+    columns = [
+        VerifierProgram.index,
+        VerifierProgram.text,
+        VerifierProgram.tokens,
+        VerifierProgram.status,
+        VerifierProgram.output,
+        VerifierProgram.error,
+        VerifierProgram.verdict,
+    ]
+    statement = select(*columns).where(VerifierProgram.tree_id == tree_id).order_by(VerifierProgram.index)
+    if "verifierprogram" not in inspect(engine(url)).get_table_names():
+        return _frame([], [c.name for c in columns])
     return _frame(_rows(url, statement), [c.name for c in columns])
 
 

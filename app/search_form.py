@@ -32,6 +32,10 @@ SECTIONS: dict[str, tuple[str, list[str]]] = {
             "weight_prm",
             "weight_orm",
             "weight_tool",
+            "tool",
+            "programs",
+            "program_temperature",
+            "program_max_tokens",
         ],
     ),
     "rollouts": (
@@ -58,6 +62,7 @@ def choices(config_module: ModuleType) -> dict[str, tuple[str, ...]]:
         "similarity": getattr(config_module, "SIMILARITY_MEASURES", ()),
         "termination": getattr(config_module, "TERMINATIONS", ()),
         "answer_selection": getattr(config_module, "ANSWER_SELECTIONS", ()),
+        "tool": getattr(config_module, "TOOLS", ()),
     }
 
 

@@ -19,6 +19,7 @@ from engine.config import (
     SELECTIONS,
     SIMILARITY_MEASURES,
     TERMINATIONS,
+    TOOLS,
     CriticModels,
     SearchConfig,
     load_config_file,
@@ -35,6 +36,7 @@ SEARCH_CHOICES = {
     "similarity": SIMILARITY_MEASURES,
     "termination": TERMINATIONS,
     "answer_selection": ANSWER_SELECTIONS,
+    "tool": TOOLS,
 }
 
 CHECKPOINT_FLAG = "{}_checkpoint"
@@ -57,12 +59,20 @@ def log(message: str) -> None:
 
 
 def add_settings_flags(
-    group, settings_class: type, choices: dict[str, tuple[str, ...]] | None = None, *, section: str = ""
+    group,
+    settings_class: type,
+    choices: dict[str, tuple[str, ...]] | None = None,
+    *,
+    section: str = "",
+    skip: tuple[str, ...] = (),
 ) -> None:
-    """One flag per field of a settings dataclass, typed by its default and
-    helped by its ``metadata["help"]``; unset flags stay out of the namespace.
-    With ``section``, flags read ``--<section>-<field>`` and land in ``<section>.<field>``."""
+    """One flag per field of a settings dataclass (but those in ``skip``), typed
+    by its default and helped by its ``metadata["help"]``; unset flags stay out
+    of the namespace. With ``section``, flags read ``--<section>-<field>`` and
+    land in ``<section>.<field>``."""
     for field in fields(settings_class):
+        if field.name in skip:
+            continue
         flag = "--" + (f"{section}-" if section else "") + field.name.replace("_", "-")
         default = field.default if field.default is not MISSING else field.default_factory()
         kwargs: dict[str, Any] = {

@@ -29,12 +29,15 @@ from engine.persist import (
     tracked_run,
     writer_alive,
 )
-from engine.search import run_search
+from engine.search import mix_seed, run_search
 from engine.tree import Tree
 from engine.types import HiddenStateReader, Policy, Problem, SimilarityFn
 from store import schema
 
 CRITIC_NAMES = ("value", "prm", "orm", "tool")
+
+PROGRAM_SALT = 3
+"""Mixed into the config's seed for the program verifier's sampling."""
 
 
 @dataclass
@@ -87,6 +90,7 @@ def build_components(
     """Load what ``config`` turns on (a critic of weight 0 is not loaded), its
     trained critics from ``critic_models``. Pass ``policy`` to reuse a loaded model."""
     from engine.critics.generative import GenerativeORM, GenerativePRM
+    from engine.critics.program import ProgramVerifier
     from engine.critics.tool import ArithmeticChecker
     from engine.policies import load_policy
     from engine.similarity import make_similarity
@@ -111,14 +115,27 @@ def build_components(
         prm = GenerativePRM(load_policy(critic_models.prm, backend="hf") if critic_models.prm else policy)
     if config.weight_orm > 0:
         orm = GenerativeORM(load_policy(critic_models.orm, backend="hf") if critic_models.orm else policy)
-    critics = Critics(
-        value=value, prm=prm, orm=orm, tool=ArithmeticChecker() if config.weight_tool > 0 else None
-    )
+    tool = None
+    if config.weight_tool > 0 and config.tool == "program":
+        tool = ProgramVerifier(
+            policy,
+            programs=config.programs,
+            temperature=config.program_temperature,
+            max_tokens=config.program_max_tokens,
+            seed=mix_seed(config.seed, PROGRAM_SALT),
+        )
+    elif config.weight_tool > 0:
+        tool = ArithmeticChecker()
+    critics = Critics(value=value, prm=prm, orm=orm, tool=tool)
     sources = {
         "value": value_source,
         "prm": f"generative, on {critic_models.prm or model}",
         "orm": f"generative, on {critic_models.orm or model}",
-        "tool": "arithmetic checker (safe evaluator)",
+        "tool": (
+            f"program checker: {config.programs} programs by {model}, run in a sandbox"
+            if config.tool == "program"
+            else "arithmetic checker (safe evaluator)"
+        ),
     }
     similarity = None if config.similarity == "off" else make_similarity(config.similarity)
     return Components(policy, rollout_policy, critics, similarity, critic_models, sources)
@@ -193,7 +210,8 @@ def search_tree(
         sink=sink,
         tree=tree,
     )
-    choices = choose_answers(tree)
+    uses_programs = config.tool == "program" and components.critics.weights(config)["tool"] > 0
+    choices = choose_answers(tree, program_votes=config.program_votes if uses_programs else 0.0)
     tree_row = sink.finish(tree, choices, method=config.answer_selection, gold=problem.answer)
     with Session(engine) as session:
         run_id = session.get(schema.Tree, tree_id).run_id

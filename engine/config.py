@@ -15,6 +15,7 @@ SELECTIONS = ("puct", "uct")
 SIMILARITY_MEASURES = ("cosine", "edit", "off")
 TERMINATIONS = ("newline", "blank_line", "formula")
 ANSWER_SELECTIONS = ("vote", "visits", "q", "orm")
+TOOLS = ("arithmetic", "program")
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -62,9 +63,37 @@ class SearchConfig:
     weight_value: float = field(default=1.0, metadata=_help("Weight of the value head, in [0, 1]."))
     weight_prm: float = field(default=1.0, metadata=_help("Weight of the process reward model, in [0, 1]."))
     weight_orm: float = field(default=1.0, metadata=_help("Weight of the outcome reward model, in [0, 1]."))
-    weight_tool: float = field(default=1.0, metadata=_help("Weight of the arithmetic checker, in [0, 1]."))
+    weight_tool: float = field(default=1.0, metadata=_help("Weight of the checker (see tool), in [0, 1]."))
+    tool: str = field(
+        default="arithmetic",
+        metadata=_help(
+            "The checker behind the tool score: arithmetic (re-computes each a op b = c claim) or "
+            "program (agreement with programs the policy writes for the problem, run in a sandbox)."
+        ),
+    )
+    programs: int = field(
+        default=4, metadata=_help("Programs the program checker writes per problem (>= 1).")
+    )
+    program_temperature: float = field(
+        default=0.7, metadata=_help("Sampling temperature of those programs, in (0, 2].")
+    )
+    program_max_tokens: int = field(default=400, metadata=_help("Token cap of one program (>= 1)."))
     answer_selection: str = field(
         default="vote", metadata=_help("Final answer by: vote (weighted majority), visits, q, or orm.")
+    )
+    program_votes: float = field(
+        default=1.0,
+        metadata=_help(
+            "With tool = program: each program's result counts as this many votes in the answer vote "
+            "(>= 0; 0 leaves the programs out)."
+        ),
+    )
+    stop_when_settled: bool = field(
+        default=False,
+        metadata=_help(
+            "Stop simulating once the leading answer's vote can no longer be overtaken by what the "
+            "remaining simulations could add."
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -116,6 +145,14 @@ class SearchConfig:
         for name in ("weight_value", "weight_prm", "weight_orm", "weight_tool"):
             weight = getattr(self, name)
             need(0 <= weight <= 1, f"{name} must be in [0, 1], got {weight}")
+        need(self.tool in TOOLS, f"tool must be one of {TOOLS}, got {self.tool!r}")
+        need(self.programs >= 1, f"programs must be >= 1, got {self.programs}")
+        need(
+            0 < self.program_temperature <= 2,
+            f"program_temperature must be in (0, 2], got {self.program_temperature}",
+        )
+        need(self.program_votes >= 0, f"program_votes must be >= 0, got {self.program_votes}")
+        need(self.program_max_tokens >= 1, f"program_max_tokens must be >= 1, got {self.program_max_tokens}")
         need(
             self.answer_selection in ANSWER_SELECTIONS,
             f"answer_selection must be one of {ANSWER_SELECTIONS}, got {self.answer_selection!r}",

@@ -20,7 +20,7 @@ from sqlmodel import Session, select
 from engine.answer_selection import AnswerChoice
 from engine.answers import answers_match
 from engine.tree import FilteredRecord, Node, Tree
-from engine.types import NO_PARENT, CriticScores, Option, Problem, Rollout, SearchEvent
+from engine.types import NO_PARENT, CriticScores, Option, Problem, ProgramCheck, Rollout, SearchEvent
 from store import schema
 from store.schema import utcnow
 
@@ -113,6 +113,11 @@ class StoreSink:
                 select(schema.Node.index, schema.Node.id).where(schema.Node.tree_id == tree_id)
             )
             self.node_ids: dict[int, int] = dict(rows.all())
+            self.programs_written = len(
+                session.exec(
+                    select(schema.VerifierProgram.id).where(schema.VerifierProgram.tree_id == tree_id)
+                ).all()
+            )
             self.next_seq = len(
                 session.exec(select(schema.SearchEvent.id).where(schema.SearchEvent.tree_id == tree_id)).all()
             )
@@ -179,6 +184,9 @@ class StoreSink:
                         simulation=record.simulation,
                     )
                 )
+            for index, program in enumerate(tree.programs[self.programs_written :], self.programs_written):
+                session.add(schema.VerifierProgram(tree_id=self.tree_id, index=index, **vars(program)))
+            self.programs_written = len(tree.programs)
             for event in events:
                 session.add(
                     schema.SearchEvent(
@@ -339,6 +347,11 @@ def load_tree(engine: Engine, tree_id: int) -> tuple[Tree, Problem]:
             .where(schema.FilteredOption.tree_id == tree_id)
             .order_by(schema.FilteredOption.id)
         ).all()
+        program_rows = session.exec(
+            select(schema.VerifierProgram)
+            .where(schema.VerifierProgram.tree_id == tree_id)
+            .order_by(schema.VerifierProgram.index)
+        ).all()
     problem = Problem(
         question=problem_row.question,
         answer=problem_row.answer,
@@ -406,5 +419,9 @@ def load_tree(engine: Engine, tree_id: int) -> tuple[Tree, Problem]:
         filtered=filtered,
         simulations_done=tree_row.simulations_done,
         generated_tokens=tree_row.generated_tokens,
+        programs=[
+            ProgramCheck(row.text, row.tokens, row.status, row.output, row.error, row.verdict)
+            for row in program_rows
+        ],
     )
     return tree, problem

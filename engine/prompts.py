@@ -9,6 +9,13 @@ SYSTEM_PROMPT = (
     "writing each calculation out (e.g. 3 * 4 = 12). Finish with a line 'The answer is N.'"
 )
 
+PROGRAM_SYSTEM = (
+    "You are an expert Python programmer. Write a short Python program that solves the math word "
+    "problem and prints the final numeric answer. Use plain arithmetic and variables; do not import "
+    "anything and do not read input."
+)
+"""What the program-aided verifier asks the policy for (one fenced Python program)."""
+
 TRUE_WORDS = ("True", " True", "true", " true")
 """Reply tokens that count as a critic's "True" (p("True") sums over them)."""
 

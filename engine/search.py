@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from engine.answer_selection import vote_leader
 from engine.answers import extract_answer
 from engine.config import SearchConfig
 from engine.critics import Critics, combine
@@ -32,6 +33,7 @@ from engine.types import (
     Option,
     Phase,
     Policy,
+    ProgramSource,
     Rollout,
     SearchEvent,
     SimilarityFn,
@@ -102,7 +104,9 @@ def run_search(
         config=config,
         similarity=similarity,
     )
-    while tree.simulations_done < config.simulations:
+    while tree.simulations_done < config.simulations and not (
+        config.stop_when_settled and settled(tree, config, program_votes=search.program_votes)
+    ):
         simulation = search.simulate()
         tree.simulations_done += 1
         if sink is not None:
@@ -129,10 +133,19 @@ class _Search:
         self.termination = make_termination(self.config.termination)
         self.rollout_termination = make_termination(["answer"])
         self.weights = self.critics.weights(self.config)
+        tool = self.critics.tool if self.weights["tool"] > 0 else None
+        self.verifier = tool if isinstance(tool, ProgramSource) else None
+        self.program_votes = self.config.program_votes if self.verifier is not None else 0.0
+        if self.verifier is not None and self.tree.programs:
+            self.verifier.remember(self.tree.question, self.tree.programs)
 
     def simulate(self) -> _Simulation:
         tree, config = self.tree, self.config
         sim = _Simulation(tree.simulations_done)
+        if self.verifier is not None and not tree.programs:
+            tree.programs = list(self.verifier.programs_for(tree.question))
+            tree.generated_tokens += sum(program.tokens for program in tree.programs)
+            sim.emit("verify", ROOT_INDEX, verdicts=[program.verdict for program in tree.programs])
         path = select_leaf(tree, rule=config.selection, c=config.c)
         leaf = tree.nodes[path[-1]]
         sim.emit("select", leaf.index, path=path)
@@ -300,9 +313,19 @@ class _Search:
         return list(call())
 
 
+def settled(tree: Tree, config: SearchConfig, *, program_votes: float = 0.0) -> bool:
+    """Whether the vote is decided: the leading answer's lead over the runner-up
+    exceeds what the remaining simulations could add to the runner-up (each
+    makes at most ``c_max`` children, each finishing in at most ``max(1,
+    rollouts)`` trajectories of weight <= 1)."""
+    leader, lead = vote_leader(tree, program_votes=program_votes)
+    per_simulation = max(config.root_max_children, config.max_children) * max(1, config.rollouts)
+    return leader is not None and lead > (config.simulations - tree.simulations_done) * per_simulation
+
+
 def _mean(values: Sequence[float | None]) -> float | None:
     present = [value for value in values if value is not None]
     return sum(present) / len(present) if present else None
 
 
-__all__ = ["SearchSink", "mix_seed", "run_search"]
+__all__ = ["SearchSink", "mix_seed", "run_search", "settled"]

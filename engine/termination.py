@@ -23,6 +23,26 @@ def newline(text: str) -> str | None:
     return "newline" if "\n" in stripped else None
 
 
+_LIST_MARKER = re.compile(
+    r"^\s*(?:[-*#>]+\s*|\**\s*(?:step\s*)?\d+\s*[.):]\**\s*)+", re.IGNORECASE | re.MULTILINE
+)
+"""Markdown and list markers at a line's start ("1. ", "Step 2:", "- ", "### "), not reasoning."""
+
+
+def step(text: str) -> str | None:
+    """Fires at the first line break after a line that does some work: one that
+    holds a number (list numbering aside) or states the answer. Lines that carry
+    no reasoning ("Let's solve this step by step:", "1. Find the total:") join
+    the step after them, so every option moves the solution forward."""
+    if "\n" not in text.lstrip():
+        return None
+    finished = text[: text.rstrip("\n").rfind("\n") + 1] if not text.endswith("\n") else text
+    return "step" if _DIGIT.search(_LIST_MARKER.sub("", finished)) else None
+
+
+_DIGIT = re.compile(r"\d")
+
+
 def blank_line(text: str) -> str | None:
     """Fires at the first blank line that follows some non-blank text."""
     stripped = text.lstrip()
@@ -61,7 +81,20 @@ def stop_reason(
     return None
 
 
-RULES = {"newline": newline, "blank_line": blank_line, "formula": formula, "answer": answer_stated}
+def code_block(text: str) -> str | None:
+    """Fires at a code fence: the end of a program begun inside an opened fenced
+    block (the program-aided verifier opens it in the prompt)."""
+    return "code" if "```" in text else None
+
+
+RULES = {
+    "newline": newline,
+    "step": step,
+    "blank_line": blank_line,
+    "formula": formula,
+    "answer": answer_stated,
+    "code": code_block,
+}
 
 
 def make_termination(names: Sequence[str]) -> TerminationFn:

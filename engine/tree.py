@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.types import NO_PARENT, ROOT_INDEX, CriticScores, Option, Rollout
+from engine.types import NO_PARENT, ROOT_INDEX, CriticScores, Option, ProgramCheck, Rollout
 
 
 @dataclass
@@ -95,7 +95,9 @@ class Tree:
         filtered: every option the similarity filter dropped.
         simulations_done: completed simulations, >= 0.
         generated_tokens: tokens sampled for this tree (options, filtered ones
-            included, and rollouts).
+            included, rollouts, and the verifier's programs).
+        programs: the programs the program verifier had the policy write for
+            the question (empty when it is off or has not run yet).
     """
 
     question: str
@@ -104,6 +106,7 @@ class Tree:
     filtered: list[FilteredRecord] = field(default_factory=list)
     simulations_done: int = 0
     generated_tokens: int = 0
+    programs: list[ProgramCheck] = field(default_factory=list)
 
     @classmethod
     def new(cls, question: str, root_state: tuple[int, ...]) -> Tree:

@@ -20,8 +20,9 @@ ROOT_INDEX = 0
 NO_PARENT = -1
 """``Node.parent`` of the root."""
 
-Phase = Literal["select", "expand", "filter", "evaluate", "rollout", "backpropagate"]
-"""The phases of one simulation, in order; each emits a ``SearchEvent``."""
+Phase = Literal["verify", "select", "expand", "filter", "evaluate", "rollout", "backpropagate"]
+"""The phases of one simulation, in order; each emits a ``SearchEvent``. "verify"
+happens once per tree, in its first simulation, when the program verifier is on."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,29 @@ class Rollout:
     answer: str | None
     orm: float | None
     tool: float | None
+
+
+@dataclass(frozen=True)
+class ProgramCheck:
+    """One program the policy wrote for a problem, and what running it gave
+    (the program-aided verifier's evidence; see ``engine.critics.program``).
+
+    Attributes:
+        text: what the policy wrote (the program, usually in a fenced block).
+        tokens: generated tokens, >= 0.
+        status: how the sandboxed run ended: "ok", "error", "timeout",
+            "memory", "output", "refused" or "crashed" (``engine.sandbox``).
+        output: what the program printed (capped).
+        error: the interpreter's error text, kept for inspection ("" when none).
+        verdict: the last number it printed, normalised; None is "no verdict".
+    """
+
+    text: str
+    tokens: int
+    status: str
+    output: str
+    error: str
+    verdict: str | None
 
 
 @dataclass(frozen=True)
@@ -246,6 +270,21 @@ class HiddenStateReader(Protocol):
 
     def last_hidden(self, states: Sequence[tuple[int, ...]]) -> torch.Tensor:
         """One row per state: shape ``(len(states), hidden_size)``, on any device."""
+        ...
+
+
+@runtime_checkable
+class ProgramSource(Protocol):
+    """An outcome critic whose verdicts rest on programs it had the policy write
+    (``engine.critics.program.ProgramVerifier``); the search stores them with the
+    tree and hands them back on resume."""
+
+    def programs_for(self, question: str) -> Sequence[ProgramCheck]:
+        """The programs for ``question``, written now if not known yet."""
+        ...
+
+    def remember(self, question: str, programs: Sequence[ProgramCheck]) -> None:
+        """Programs written earlier for ``question`` (from the store)."""
         ...
 
 

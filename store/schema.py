@@ -197,6 +197,27 @@ class FilteredOption(SQLModel, table=True):
     simulation: int
 
 
+class VerifierProgram(SQLModel, table=True):
+    """A program the policy wrote for a tree's problem (the program-aided
+    verifier's evidence), and what running it in the sandbox gave.
+
+    ``verdict`` is the normalised last number it printed, NULL for no verdict;
+    ``error`` keeps the interpreter's message for inspection. ``index`` orders
+    a tree's programs from 0. A table added without a schema version change:
+    writers create it in older databases, and readers treat it as empty there.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    tree_id: int = Field(foreign_key="tree.id", index=True)
+    index: int
+    text: str
+    tokens: int = 0
+    status: str
+    output: str = ""
+    error: str = ""
+    verdict: str | None = None
+
+
 class SearchEvent(SQLModel, table=True):
     """One phase of one simulation (``seq`` orders events within a tree)."""
 

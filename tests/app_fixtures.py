@@ -31,6 +31,7 @@ from store.schema import (
     SearchEvent,
     TrainingExample,
     Tree,
+    VerifierProgram,
 )
 
 LONG_OPTION = (
@@ -422,6 +423,24 @@ def seed_database(path: Path) -> SeedInfo:
             ("prm", {"steps": ["12 + 7 = 19"], "label": True}),
             ("orm", {"trajectory": SCRIPT_OPTION, "label": False}),
         ]
+        programs = [  # the program checker's evidence for the apples problem
+            ("apples = 12 + 7 - 4\nprint(apples)\n```", "ok", "15\n", "", "15"),
+            ("print(12 + 7 + 4)\n```", "ok", "23\n", "", "23"),
+            ("import os\n```", "error", "", "NotImplementedError: Import not supported", None),
+        ]
+        for index, (text, status, output, error, verdict) in enumerate(programs):
+            session.add(
+                VerifierProgram(
+                    tree_id=a1,
+                    index=index,
+                    text=text,
+                    tokens=len(text.split()),
+                    status=status,
+                    output=output,
+                    error=error,
+                    verdict=verdict,
+                )
+            )
         for kind, payload in examples:
             session.add(
                 TrainingExample(

@@ -207,7 +207,8 @@ def explore(tree: pd.Series) -> None:
         )
         st.caption("Click a node to inspect it (drag to pan, scroll to zoom, double-click to reset).")
     with right, st.container(border=True, height=760):
-        node_detail(tree, snapshot.nodes, snapshot.filtered, selected_index(tree_id))
+        programs = data.tree_programs(url, tree_id, data.tree_stamp(url, tree_id))
+        node_detail(tree, snapshot.nodes, snapshot.filtered, selected_index(tree_id), programs)
     with st.expander(f"All {len(snapshot.nodes)} nodes as a table — click a row to inspect it"):
         node_table(snapshot.nodes, tree_id=tree_id, key=f"trees.table.{tree_id}.{upto}", chosen_path=chosen)
     advance_replay(tree_id, upto)
