@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from canopy.common import (
     add_db_flag,
     add_model_flags,
     add_search_settings,
+    add_settings_flags,
     add_task_flags,
     check_models,
     load_components,
@@ -28,6 +29,7 @@ from canopy.common import (
 )
 from canopy.errors import UsageError
 from engine.baselines import BEAM_SCORES, METHODS, EvalSettings
+from engine.defaults import eval_defaults, search_defaults
 
 _SETTING_CHOICES = {"beam_score": BEAM_SCORES}
 
@@ -71,31 +73,19 @@ def add_eval_parser(subcommands) -> argparse.ArgumentParser:
     parser.add_argument("--config", help="TOML or JSON file of search settings.")
     add_db_flag(parser)
     parser.add_argument("--json", action="store_true", help="Print one JSON object with the result.")
-    group = parser.add_argument_group("baseline settings")
-    for field in fields(EvalSettings):
-        if field.name == "search":
-            continue
-        default = field.default if field.default is not MISSING else field.default_factory()
-        kwargs: dict[str, Any] = {
-            "dest": field.name,
-            "default": default,
-            "help": f"{field.metadata['help']} (default: {default})",
-        }
-        if field.name in _SETTING_CHOICES:
-            kwargs["choices"] = _SETTING_CHOICES[field.name]
-        else:
-            kwargs["type"] = type(default)
-        group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+    group = parser.add_argument_group("baseline settings (default: the task's, see engine/defaults.py)")
+    add_settings_flags(group, EvalSettings, _SETTING_CHOICES, skip=("search",))
     add_search_settings(parser)
     return parser
 
 
 def _eval_settings(args: argparse.Namespace):
     """The evaluation's settings and critic models, from --config and the flags."""
-    search, critic_models = search_settings(args)
-    baseline = {
-        field.name: getattr(args, field.name) for field in fields(EvalSettings) if field.name != "search"
+    search, critic_models = search_settings(args, base=search_defaults(args.task))
+    baseline = eval_defaults(args.task) | {
+        field.name: getattr(args, field.name) for field in fields(EvalSettings) if hasattr(args, field.name)
     }
+    baseline.pop("search", None)
     return EvalSettings(**baseline, search=search), critic_models
 
 

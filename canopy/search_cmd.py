@@ -20,6 +20,7 @@ from canopy.common import (
     search_settings,
 )
 from canopy.errors import UsageError
+from engine.defaults import search_defaults
 
 
 def add_search_parser(subcommands) -> argparse.ArgumentParser:
@@ -91,7 +92,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         model, rollout_model, done = run.model, run.rollout_model, tree_row.simulations_done
         run_ids.append(args.resume)
     else:
-        config, critic_models = search_settings(args)
+        config, critic_models = search_settings(args, base=search_defaults(args.task))
         problem = _problem(args)
         model, rollout_model, done = args.model, args.rollout_model, 0
         check_models(model, rollout_model)

@@ -103,53 +103,56 @@ def _tagged(callback: Callable[[str, ProblemRecord, int, int], None], tag: str):
 
 
 def ablation_configs(base: SearchConfig, *, value_head: bool = False) -> list[tuple[str, SearchConfig]]:
-    """AlphaLLM Table 3's rows: plain MCTS, then each component added in turn.
+    """AlphaLLM Table 3's rows: plain MCTS, then each of ``base``'s components
+    added in turn, so the last row is ``base`` itself.
 
     The first row has a fixed width (``c_max = c_min``, alpha 0), no similarity
-    filter, no critics and no rollouts (every value is the uninformed 0.5, so
-    the policy's priors alone steer PUCT). Then, cumulatively: adaptive
-    branching, the similarity filter, the PRM, rollouts with the ORM, the value
-    head (only with ``value_head``: a value-head checkpoint is loaded), and the
-    arithmetic checker. Each component takes the base config's setting, or its
-    default where the base turned it off. The last row turns everything on.
+    filter, no rollouts and no critics (every value is the uninformed 0.5, so
+    the policy's priors alone steer PUCT), and votes without the programs.
+    Then, cumulatively and only where ``base`` has them: adaptive branching,
+    the similarity filter, rollouts, the PRM, the ORM, the value head (with
+    ``value_head``: a value-head checkpoint is loaded), the checker
+    (``base.tool``), and the programs' votes in the answer vote.
     """
-    defaults = SearchConfig()
     plain = base.with_overrides(
         root_max_children=base.root_min_children,
         max_children=base.min_children,
         branching_alpha=0.0,
         similarity="off",
-        weight_prm=0.0,
         rollouts=0,
+        weight_prm=0.0,
         weight_orm=0.0,
         weight_value=0.0,
         weight_tool=0.0,
+        program_votes=0.0 if base.tool == "program" else base.program_votes,
     )
-    steps: list[tuple[str, dict[str, Any]]] = [
+    candidates: list[tuple[str, bool, dict[str, Any]]] = [
         (
             "+ adaptive branching",
+            (base.root_max_children, base.max_children, base.branching_alpha)
+            != (plain.root_max_children, plain.max_children, plain.branching_alpha),
             {
                 "root_max_children": base.root_max_children,
                 "max_children": base.max_children,
-                "branching_alpha": base.branching_alpha or defaults.branching_alpha,
+                "branching_alpha": base.branching_alpha,
             },
         ),
+        ("+ similarity filter", base.similarity != "off", {"similarity": base.similarity}),
+        ("+ rollouts", base.rollouts > 0, {"rollouts": base.rollouts}),
+        ("+ PRM", base.weight_prm > 0, {"weight_prm": base.weight_prm}),
+        ("+ ORM", base.weight_orm > 0, {"weight_orm": base.weight_orm}),
+        ("+ value head", value_head and base.weight_value > 0, {"weight_value": base.weight_value}),
+        (f"+ {base.tool} checker", base.weight_tool > 0, {"weight_tool": base.weight_tool}),
         (
-            "+ similarity filter",
-            {"similarity": base.similarity if base.similarity != "off" else defaults.similarity},
-        ),
-        ("+ PRM", {"weight_prm": base.weight_prm or defaults.weight_prm}),
-        (
-            "+ rollouts + ORM",
-            {"rollouts": base.rollouts or defaults.rollouts or 1, "weight_orm": base.weight_orm or 1.0},
+            "+ programs vote",
+            base.tool == "program" and base.weight_tool > 0 and base.program_votes > 0,
+            {"program_votes": base.program_votes},
         ),
     ]
-    if value_head:
-        steps.append(("+ value head", {"weight_value": base.weight_value or 1.0}))
-    steps.append(("+ tool checker", {"weight_tool": base.weight_tool or 1.0}))
     rows = [("MCTS, all components off", plain)]
-    for name, overrides in steps:
-        rows.append((name, rows[-1][1].with_overrides(**overrides)))
+    for name, present, overrides in candidates:
+        if present:
+            rows.append((name, rows[-1][1].with_overrides(**overrides)))
     return rows
 
 

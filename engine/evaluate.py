@@ -35,6 +35,7 @@ from engine.persist import (
 )
 from engine.types import Problem
 from store import schema
+from store.queries import trajectory_counts
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class ProblemRecord:
         generated_tokens: tokens the policy sampled for this problem.
         prefill_tokens: prompt tokens the policy read to generate (not from cache).
         seconds: wall seconds spent on this problem (over all sessions).
+        trajectories: whole solutions the method wrote (samples, beams, or the
+            tree's finished nodes and rollouts), >= 0.
+        answered: how many of them state an answer; the rest stopped first (at
+            the token cap, or ended without one).
         from_store: True when a resumed evaluation found it already done.
     """
 
@@ -61,6 +66,8 @@ class ProblemRecord:
     generated_tokens: int
     prefill_tokens: int
     seconds: float
+    trajectories: int = 0
+    answered: int = 0
     from_store: bool = False
 
 
@@ -78,6 +85,8 @@ class EvalResult:
         generated_tokens: mean tokens sampled per problem.
         prefill_tokens: mean generation prefill tokens per problem.
         seconds: total wall seconds over the problems (earlier sessions included).
+        answered_share: share of all trajectories that state an answer, in [0, 1]
+            (None without trajectories): what the token caps let finish.
         records: one per problem, in the order given.
     """
 
@@ -92,8 +101,14 @@ class EvalResult:
     seconds: float
     records: list[ProblemRecord] = field(default_factory=list)
 
+    @property
+    def answered_share(self) -> float | None:
+        trajectories = sum(record.trajectories for record in self.records)
+        return sum(record.answered for record in self.records) / trajectories if trajectories else None
+
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "records"}
+        data["answered_share"] = self.answered_share
         data["records"] = [vars(record).copy() for record in self.records]
         return data
 
@@ -260,7 +275,8 @@ def _evaluate_problems(
             session.commit()
         tree_row = trees_by_problem.get(problem_id)
         if tree_row is not None and tree_row.status == "completed":
-            record = _record(tree_row, problem, from_store=True)
+            with Session(engine) as session:
+                record = _record(session, tree_row, problem, from_store=True)
         else:
             record = _solve(engine, run_id, method, problem, components, settings, tree_row)
             with Session(engine) as session:
@@ -314,7 +330,7 @@ def _solve(
         choices[method] = AnswerChoice(method, outcome.answer, outcome.chosen)
         sink.finish(outcome.tree, choices, method=method, gold=problem.answer)
     with Session(engine) as session:
-        return _record(session.get(schema.Tree, tree_id), problem)
+        return _record(session, session.get(schema.Tree, tree_id), problem)
 
 
 def _new_tree(engine: Engine, run_id: int, problem: Problem, components: Components, simulations: int) -> int:
@@ -326,7 +342,7 @@ def _new_tree(engine: Engine, run_id: int, problem: Problem, components: Compone
 def _clear_tree(engine: Engine, tree_id: int) -> None:
     """Forget what an interrupted baseline wrote, so the problem is redone whole."""
     with Session(engine) as session:
-        for table in (schema.Node, schema.FilteredOption, schema.SearchEvent):
+        for table in (schema.Node, schema.FilteredOption, schema.SearchEvent, schema.VerifierProgram):
             session.exec(delete(table).where(table.tree_id == tree_id))
         tree_row = session.get(schema.Tree, tree_id)
         tree_row.status = "running"
@@ -337,7 +353,10 @@ def _clear_tree(engine: Engine, tree_id: int) -> None:
         session.commit()
 
 
-def _record(tree_row: schema.Tree, problem: Problem, *, from_store: bool = False) -> ProblemRecord:
+def _record(
+    session: Session, tree_row: schema.Tree, problem: Problem, *, from_store: bool = False
+) -> ProblemRecord:
+    trajectories, answered = trajectory_counts(session, tree_row.id)
     return ProblemRecord(
         tree_id=tree_row.id,
         index=problem.index,
@@ -347,6 +366,8 @@ def _record(tree_row: schema.Tree, problem: Problem, *, from_store: bool = False
         generated_tokens=tree_row.generated_tokens,
         prefill_tokens=tree_row.prefill_tokens,
         seconds=round(tree_row.seconds, 3),
+        trajectories=trajectories,
+        answered=answered,
         from_store=from_store,
     )
 

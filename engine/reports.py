@@ -18,13 +18,15 @@ def results_table(results: Sequence[EvalResult], *, labels: Sequence[str] | None
     """A Markdown table: one row per result (``labels`` name the rows; default: method)."""
     labels = labels or [result.method for result in results]
     lines = [
-        "| method | accuracy | n | mean generated tokens | mean prefill tokens | seconds | run |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| method | accuracy | n | mean generated tokens | mean prefill tokens | seconds "
+        "| trajectories with an answer | run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, result in zip(labels, results, strict=True):
+        answered = "n/a" if result.answered_share is None else f"{result.answered_share:.0%}"
         lines.append(
             f"| {label} | {_accuracy(result)} | {result.n} | {result.generated_tokens:.1f} | "
-            f"{result.prefill_tokens:.1f} | {result.seconds:.1f} | {result.run_id} |"
+            f"{result.prefill_tokens:.1f} | {result.seconds:.1f} | {answered} | {result.run_id} |"
         )
     return "\n".join(lines) + "\n"
 

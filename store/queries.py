@@ -55,6 +55,24 @@ def list_trees(engine: Engine, *, run_id: int | None = None, limit: int = 50) ->
 # -- improve iterations -------------------------------------------------------------
 
 
+def trajectory_counts(session: Session, tree_id: int) -> tuple[int, int]:
+    """``(trajectories, answered)`` of a tree: its whole solutions (finished
+    nodes and rollouts) and how many of them state an answer."""
+    rows = session.exec(
+        select(Node.terminal, Node.answer, Node.rollouts).where(
+            Node.tree_id == tree_id, Node.parent_index >= 0
+        )
+    ).all()
+    trajectories = answered = 0
+    for terminal, answer, rollouts in rows:
+        if terminal:
+            trajectories += 1
+            answered += answer is not None
+        trajectories += len(rollouts or [])
+        answered += sum(rollout.get("answer") is not None for rollout in rollouts or [])
+    return trajectories, answered
+
+
 def load_iteration(engine: Engine, iteration_id: int) -> Iteration:
     """The iteration row; raises ``StoreError`` if there is none."""
     with Session(engine) as session:

@@ -399,9 +399,10 @@ def test_ablation_configs_add_one_component_per_row() -> None:
         "MCTS, all components off",
         "+ adaptive branching",
         "+ similarity filter",
+        "+ rollouts",
         "+ PRM",
-        "+ rollouts + ORM",
-        "+ tool checker",
+        "+ ORM",
+        "+ arithmetic checker",
     ]
     plain = rows[0][1]
     assert (plain.root_max_children, plain.max_children, plain.branching_alpha) == (3, 2, 0.0)
@@ -413,17 +414,28 @@ def test_ablation_configs_add_one_component_per_row() -> None:
         and configs["+ adaptive branching"].similarity == "off"
     )
     assert (
-        configs["+ similarity filter"].similarity == "edit" and configs["+ similarity filter"].weight_prm == 0
+        configs["+ similarity filter"].similarity == "edit" and configs["+ similarity filter"].rollouts == 0
     )
-    assert configs["+ PRM"].weight_prm == 1.0 and configs["+ PRM"].rollouts == 0
-    assert configs["+ rollouts + ORM"].rollouts == 2 and configs["+ rollouts + ORM"].weight_orm == 1.0
-    assert configs["+ tool checker"].weight_tool == 1.0 and configs["+ tool checker"].weight_value == 0
+    assert configs["+ rollouts"].rollouts == 2 and configs["+ rollouts"].weight_prm == 0
+    assert configs["+ PRM"].weight_prm == 1.0 and configs["+ PRM"].weight_orm == 0
+    assert configs["+ ORM"].weight_orm == 1.0 and configs["+ ORM"].weight_tool == 0
+    assert rows[-1][1] == base.with_overrides(weight_value=0.0), "the last row is the base (no value head)"
     with_value = ablation_configs(base, value_head=True)
-    assert [name for name, _ in with_value][5] == "+ value head"
-    assert with_value[4][1].weight_value == 0 and with_value[5][1].weight_value == 1.0
+    assert [name for name, _ in with_value][6] == "+ value head"
+    assert with_value[5][1].weight_value == 0 and with_value[6][1].weight_value == 1.0
+    assert with_value[-1][1] == base
     assert all(
         config.seed == base.seed and config.simulations == base.simulations for _, config in with_value
     )
+    verified = SearchConfig(similarity="off", weight_prm=0, weight_orm=0, tool="program", program_votes=2)
+    assert [name for name, _ in ablation_configs(verified)] == [
+        "MCTS, all components off",
+        "+ adaptive branching",
+        "+ rollouts",
+        "+ program checker",
+        "+ programs vote",
+    ], "components the base turns off are left out"
+    assert ablation_configs(verified)[-1][1] == verified.with_overrides(weight_value=0.0)
 
 
 def test_run_ablation_evaluates_each_row_and_writes_the_table(engine, tmp_path) -> None:
@@ -433,7 +445,7 @@ def test_run_ablation_evaluates_each_row_and_writes_the_table(engine, tmp_path) 
     report = run_ablation(
         engine, problems=PROBLEMS[:2], settings=settings, components=components, out_dir=tmp_path, png=False
     )
-    assert len(report.results) == 6
+    assert len(report.results) == 7
     with Session(engine) as session:
         runs = session.exec(select(schema.Run).order_by(schema.Run.id)).all()
         filtered = {
@@ -448,8 +460,9 @@ def test_run_ablation_evaluates_each_row_and_writes_the_table(engine, tmp_path) 
     assert runs[0].config["settings"]["search"]["rollouts"] == 0
     assert all(run.method == "mcts" and run.kind == "eval" for run in runs)
     # One set of components serves every row; each row's weights decide which critics count.
-    assert [run.critics["prm"]["active"] for run in runs] == [False, False, False, True, True, True]
-    assert [run.critics["orm"]["active"] for run in runs] == [False] * 4 + [True, True]
+    assert [run.config["meta"]["ablation"] for run in runs][3:5] == ["+ rollouts", "+ PRM"]
+    assert [run.critics["prm"]["active"] for run in runs] == [False] * 4 + [True] * 3
+    assert [run.critics["orm"]["active"] for run in runs] == [False] * 5 + [True] * 2
     assert not filtered[runs[0].id] and not filtered[runs[1].id], "the filter is off until its row"
     table = (tmp_path / "ablation.md").read_text()
     assert all(f"| {label} |" in table for label in report.labels)
@@ -532,6 +545,8 @@ def test_cmd_eval_json_and_resume(tmp_path, capsys, fake_model) -> None:
     assert {"method", "accuracy", "n", "generated_tokens", "seconds", "run_id", "records"} <= out.keys()
     assert out["method"] == "self-consistency" and out["n"] == 3
     assert [record["index"] for record in out["records"]] == [2, 3, 4]
+    assert [(r["trajectories"], r["answered"]) for r in out["records"]] == [(3, 3)] * 3
+    assert out["answered_share"] == 1.0
     engine = make_engine(db)
     with Session(engine) as session:
         run = session.get(schema.Run, out["run_id"])
