@@ -13,7 +13,7 @@ from engine.errors import ConfigError
 
 SELECTIONS = ("puct", "uct")
 SIMILARITY_MEASURES = ("cosine", "edit", "off")
-TERMINATIONS = ("newline", "blank_line", "formula")
+TERMINATIONS = ("step", "newline", "blank_line", "formula")
 ANSWER_SELECTIONS = ("vote", "visits", "q", "orm")
 TOOLS = ("arithmetic", "program")
 
@@ -47,7 +47,8 @@ class SearchConfig:
     termination: tuple[str, ...] = field(
         default=("newline",),
         metadata=_help(
-            "Option ends at: newline, blank_line, formula (any that fire); a token cap always applies."
+            "Option ends at: step (end of a line that holds a number), newline, blank_line, formula "
+            "(any that fire); a token cap always applies."
         ),
     )
     max_option_tokens: int = field(default=48, metadata=_help("Token cap of one option (>= 1)."))
@@ -95,6 +96,13 @@ class SearchConfig:
             "remaining simulations could add."
         ),
     )
+    parallel_simulations: int = field(
+        default=1,
+        metadata=_help(
+            "Simulations per step, in [1, simulations]: their leaves are chosen under a virtual loss "
+            "and expanded and evaluated in one batch (1 runs them one at a time)."
+        ),
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.termination, str | list):
@@ -108,6 +116,11 @@ class SearchConfig:
                 raise ConfigError(message)
 
         need(self.simulations >= 1, f"simulations must be >= 1, got {self.simulations}")
+        need(
+            1 <= self.parallel_simulations <= self.simulations,
+            f"parallel_simulations must be in [1, simulations = {self.simulations}], "
+            f"got {self.parallel_simulations}",
+        )
         need(self.selection in SELECTIONS, f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         need(self.c >= 0, f"c must be >= 0, got {self.c}")
         need(self.root_min_children >= 1, f"root_min_children must be >= 1, got {self.root_min_children}")

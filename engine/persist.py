@@ -1,9 +1,10 @@
 """Between the engine and the store: write a growing tree, read one back.
 
-``StoreSink`` commits each completed simulation in one transaction (its new
-and changed nodes, filtered options and events, and the tree's counters), so a
-killed search loses at most the simulation in flight. ``load_tree`` rebuilds the
-in-memory ``Tree`` to resume it.
+``StoreSink`` commits each completed step of the search (one simulation, or
+``parallel_simulations`` of them) in one transaction (its new and changed
+nodes, filtered options and events, and the tree's counters), so a killed
+search loses at most the step in flight and resumes from a step boundary.
+``load_tree`` rebuilds the in-memory ``Tree`` to resume it.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class StoreSink:
         engine: the store.
         tree_id: the ``tree`` row to fill (made by ``create_tree``).
         prefill_tokens: reports the policy's prefill counter, for the tree's stats.
-        on_simulation: called after each commit with the tree (progress bars).
+        on_simulation: called after each commit (each step) with the tree (progress bars).
     """
 
     def __init__(
@@ -160,11 +161,11 @@ class StoreSink:
         session.add(run)
         return tree_row
 
-    def simulation_done(
+    def step_done(
         self,
         tree: Tree,
         *,
-        simulation: int,
+        simulations: range,
         events: Sequence[SearchEvent],
         changed: set[int],
         filtered: Sequence[FilteredRecord],

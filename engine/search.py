@@ -4,12 +4,20 @@ One simulation: select a leaf (PUCT/UCT), expand it with a batch of options,
 drop options too similar to a sibling, evaluate the new children with the
 critics (PRM on the step, value head on the state, rollouts scored by the ORM and
 the arithmetic checker), and back the best new child's value up the path.
-Every phase emits a ``SearchEvent``; after each simulation the sink gets the
-changed nodes, so a store can commit it whole.
+
+Simulations run in steps of up to ``config.parallel_simulations``: a step
+selects that many distinct leaves under a virtual loss (``select_leaves``),
+expands them in one decode batch where the policy can (``BatchProposer``),
+evaluates all their new children together (one call per critic, one batch of
+rollouts) and backs each path up. Every phase emits a ``SearchEvent`` under its
+own simulation's index; after each step the sink gets the changed nodes, so a
+store can commit the step whole. A step of one simulation is the
+one-at-a-time search, draw for draw.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,17 +31,19 @@ from engine.selection import (
     importance,
     needs_children,
     priors_from_logprobs,
-    select_leaf,
+    select_leaves,
 )
 from engine.termination import make_termination
 from engine.tree import FilteredRecord, Node, Tree
 from engine.types import (
     ROOT_INDEX,
+    BatchProposer,
     CriticScores,
     Option,
     Phase,
     Policy,
     ProgramSource,
+    ProposeRequest,
     Rollout,
     SearchEvent,
     SimilarityFn,
@@ -42,13 +52,16 @@ from engine.types import (
 
 
 class SearchSink(Protocol):
-    """Receives each completed simulation (to persist it, show it, ...)."""
+    """Receives each completed step (to persist it, show it, ...): the
+    simulations ``simulations`` (consecutive indices, one or more), their events
+    in simulation order, the nodes they changed and the options they filtered.
+    A store commits the step in one transaction."""
 
-    def simulation_done(
+    def step_done(
         self,
         tree: Tree,
         *,
-        simulation: int,
+        simulations: range,
         events: Sequence[SearchEvent],
         changed: set[int],
         filtered: Sequence[FilteredRecord],
@@ -94,6 +107,15 @@ def run_search(
     sampling batch derive from (config.seed, node, expansion), so a resumed search
     draws what the uninterrupted one would have. ``similarity=None`` turns the
     sibling filter off; ``rollout_policy=None`` rolls out with ``policy``.
+
+    Each step runs ``config.parallel_simulations`` simulations (fewer when fewer
+    are left, or when a selection reaches a leaf the step already chose), and
+    the sink gets each step whole, so a resumed search continues from a step
+    boundary. With more than one per step the tree differs from a one-at-a-time
+    search's (a step's selections do not see each other's backups), and on a
+    backend whose logits depend on the batch's shape (llama.cpp on quantized
+    weights) leaves expanded together may draw slightly other options than each
+    alone; either way the search is deterministic under its seed.
     """
     tree = tree or Tree.new(question, policy.root_state(question))
     search = _Search(
@@ -107,15 +129,17 @@ def run_search(
     while tree.simulations_done < config.simulations and not (
         config.stop_when_settled and settled(tree, config, program_votes=search.program_votes)
     ):
-        simulation = search.simulate()
-        tree.simulations_done += 1
+        simulations = search.step(
+            min(config.parallel_simulations, config.simulations - tree.simulations_done)
+        )
+        tree.simulations_done += len(simulations)
         if sink is not None:
-            sink.simulation_done(
+            sink.step_done(
                 tree,
-                simulation=simulation.index,
-                events=simulation.events,
-                changed=simulation.changed,
-                filtered=simulation.filtered,
+                simulations=range(simulations[0].index, simulations[-1].index + 1),
+                events=[event for simulation in simulations for event in simulation.events],
+                changed=set().union(*(simulation.changed for simulation in simulations)),
+                filtered=[record for simulation in simulations for record in simulation.filtered],
             )
     return tree
 
@@ -136,47 +160,87 @@ class _Search:
         tool = self.critics.tool if self.weights["tool"] > 0 else None
         self.verifier = tool if isinstance(tool, ProgramSource) else None
         self.program_votes = self.config.program_votes if self.verifier is not None else 0.0
+        self.warned_unbatched = False
         if self.verifier is not None and self.tree.programs:
             self.verifier.remember(self.tree.question, self.tree.programs)
 
-    def simulate(self) -> _Simulation:
+    def step(self, count: int) -> list[_Simulation]:
+        """Up to ``count`` simulations on distinct leaves, expanded and evaluated together."""
         tree, config = self.tree, self.config
-        sim = _Simulation(tree.simulations_done)
+        paths = select_leaves(tree, count=count, rule=config.selection, c=config.c)
+        simulations = [_Simulation(tree.simulations_done + offset) for offset in range(len(paths))]
         if self.verifier is not None and not tree.programs:
             tree.programs = list(self.verifier.programs_for(tree.question))
             tree.generated_tokens += sum(program.tokens for program in tree.programs)
-            sim.emit("verify", ROOT_INDEX, verdicts=[program.verdict for program in tree.programs])
-        path = select_leaf(tree, rule=config.selection, c=config.c)
-        leaf = tree.nodes[path[-1]]
-        sim.emit("select", leaf.index, path=path)
-        new_children = self.expand(leaf, sim) if needs_children(leaf) else []
-        if new_children:
-            best = max(new_children, key=lambda node: (node.scores.combined, -node.index))
-            path = [*path, best.index]
-            value = best.scores.combined
-        else:
-            value = leaf.q
-        for index in path:
-            tree.nodes[index].visits += 1
-            tree.nodes[index].value_sum += value
-        sim.changed.update(path)
-        sim.emit("backpropagate", path[-1], path=path, value=value)
-        return sim
+            verdicts = [program.verdict for program in tree.programs]
+            simulations[0].emit("verify", ROOT_INDEX, verdicts=verdicts)
+        for sim, path in zip(simulations, paths, strict=True):
+            sim.emit("select", path[-1], path=path)
+        growing = [
+            (sim, tree.nodes[path[-1]])
+            for sim, path in zip(simulations, paths, strict=True)
+            if needs_children(tree.nodes[path[-1]])
+        ]
+        new_children: dict[int, list[Node]] = {sim.index: [] for sim in simulations}
+        proposals = self.propose([leaf for _, leaf in growing])
+        for (sim, leaf), options in zip(growing, proposals, strict=True):
+            new_children[sim.index] = self.adopt(leaf, options, sim)
+        children = [child for sim in simulations for child in new_children[sim.index]]
+        if children:
+            self.evaluate(children, {sim.index: sim for sim in simulations})
+        for sim, leaf in growing:
+            if new_children[sim.index]:
+                self.update_width(leaf)
+        for sim, path in zip(simulations, paths, strict=True):
+            self.backpropagate(path, new_children[sim.index], sim)
+        return simulations
 
-    def expand(self, leaf: Node, sim: _Simulation) -> list[Node]:
-        tree, config = self.tree, self.config
-        at_root = leaf.index == ROOT_INDEX
-        c_min = config.root_min_children if at_root else config.min_children
-        c_max = config.root_max_children if at_root else config.max_children
-        k = c_min if not leaf.expanded else leaf.target_width - len(leaf.children)
-        options = self.policy.propose(
-            tree.state(leaf.index),
-            k=k,
-            termination=self.termination,
-            max_tokens=config.max_option_tokens,
-            temperature=config.temperature,
-            seed=mix_seed(config.seed, leaf.index, leaf.expansions),
-        )
+    def propose(self, leaves: list[Node]) -> list[list[Option]]:
+        """New options for each leaf, in one decode batch where the policy can."""
+        config = self.config
+        requests = [
+            ProposeRequest(
+                self.tree.state(leaf.index),
+                self.missing_children(leaf),
+                mix_seed(config.seed, leaf.index, leaf.expansions),
+            )
+            for leaf in leaves
+        ]
+        sampling = {
+            "termination": self.termination,
+            "max_tokens": config.max_option_tokens,
+            "temperature": config.temperature,
+        }
+        if len(requests) > 1 and isinstance(self.policy, BatchProposer):
+            return self.policy.propose_many(requests, **sampling)
+        if len(requests) > 1 and not self.warned_unbatched:
+            warnings.warn(
+                f"the {self.policy.name} policy has no propose_many: parallel simulations expand "
+                "their leaves one at a time",
+                stacklevel=4,
+            )
+            self.warned_unbatched = True
+        return [
+            self.policy.propose(request.state, k=request.k, seed=request.seed, **sampling)
+            for request in requests
+        ]
+
+    def branching_limits(self, leaf: Node) -> tuple[int, int]:
+        """(c_min, c_max) at ``leaf``: the root's own limits, or everyone else's."""
+        if leaf.index == ROOT_INDEX:
+            return self.config.root_min_children, self.config.root_max_children
+        return self.config.min_children, self.config.max_children
+
+    def missing_children(self, leaf: Node) -> int:
+        """Options to sample at ``leaf``: c_min at first, then up to its target width."""
+        if not leaf.expanded:
+            return self.branching_limits(leaf)[0]
+        return leaf.target_width - len(leaf.children)
+
+    def adopt(self, leaf: Node, options: list[Option], sim: _Simulation) -> list[Node]:
+        """Make children of ``leaf``'s new options (those the filter keeps) and
+        set every child's prior; mark the leaf exhausted when none is kept."""
+        tree = self.tree
         leaf.expansions += 1
         tree.generated_tokens += sum(len(option.token_ids) for option in options)
         sim.changed.add(leaf.index)
@@ -189,14 +253,35 @@ class _Search:
         for index, prior in zip(leaf.children, priors, strict=True):
             tree.nodes[index].prior = prior
         sim.changed.update(leaf.children)
-        self.evaluate(children, sim)
-        if at_root:
+        return children
+
+    def update_width(self, leaf: Node) -> None:
+        """Once ``leaf``'s new children are evaluated: the root's own score (the
+        mean of its children's) and ``leaf``'s target width n(s)."""
+        tree = self.tree
+        if leaf.index == ROOT_INDEX:
             values = [tree.nodes[i].scores.combined for i in leaf.children]
             leaf.scores = CriticScores(combined=sum(values) / len(values))
+        c_min, c_max = self.branching_limits(leaf)
         leaf.target_width = branching_width(
-            importance(tree, leaf), alpha=config.branching_alpha, c_min=c_min, c_max=c_max
+            importance(tree, leaf), alpha=self.config.branching_alpha, c_min=c_min, c_max=c_max
         )
-        return children
+
+    def backpropagate(self, path: list[int], new_children: list[Node], sim: _Simulation) -> None:
+        """Add the best new child's value (or, with none, the leaf's Q) to every
+        node from the root down to that child."""
+        tree = self.tree
+        if new_children:
+            best = max(new_children, key=lambda node: (node.scores.combined, -node.index))
+            path = [*path, best.index]
+            value = best.scores.combined
+        else:
+            value = tree.nodes[path[-1]].q
+        for index in path:
+            tree.nodes[index].visits += 1
+            tree.nodes[index].value_sum += value
+        sim.changed.update(path)
+        sim.emit("backpropagate", path[-1], path=path, value=value)
 
     def filter(self, leaf: Node, options: list[Option], sim: _Simulation) -> list[Node]:
         """Make children of the options no sibling already says; record the rest.
@@ -231,7 +316,10 @@ class _Search:
         sim.emit("filter", leaf.index, kept=[child.index for child in children], filtered=len(sim.filtered))
         return children
 
-    def evaluate(self, children: list[Node], sim: _Simulation) -> None:
+    def evaluate(self, children: list[Node], simulations: dict[int, _Simulation]) -> None:
+        """Score ``children`` (new ones, of one or several leaves) with every
+        critic in one call each, their rollouts in one batch; each child's
+        events go to the simulation that made it."""
         tree, config, critics = self.tree, self.config, self.critics
         requests = []
         for child in children:
@@ -280,6 +368,7 @@ class _Search:
             tool_score = _mean([pair[1] for pair in outcomes[child.index]])
             parts = {"value": value_score, "prm": prm_score, "orm": orm_score, "tool": tool_score}
             child.scores = CriticScores(**parts, combined=combine(parts, self.weights))
+            sim = simulations[child.created_simulation]
             sim.emit("evaluate", child.index, **parts, combined=child.scores.combined)
             if child.rollouts:
                 sim.emit("rollout", child.index, answers=[rollout.answer for rollout in child.rollouts])

@@ -1,4 +1,5 @@
-"""Choosing children (PUCT, UCT), policy priors, and adaptive branching widths."""
+"""Choosing children (PUCT, UCT) and leaves (one, or several under a virtual loss),
+policy priors, and adaptive branching widths."""
 
 from __future__ import annotations
 
@@ -47,6 +48,32 @@ def select_leaf(tree: Tree, *, rule: str, c: float) -> list[int]:
         node = select_child(tree, node, rule=rule, c=c)
         path.append(node.index)
     return path
+
+
+def select_leaves(tree: Tree, *, count: int, rule: str, c: float) -> list[list[int]]:
+    """Up to ``count`` paths to distinct leaves, chosen one after another under a
+    virtual loss (as in AlphaGo's parallel search).
+
+    After each descent every node on its path counts one more visit of value 0,
+    so its Q falls and its exploration term shrinks, and the next descent is
+    pushed elsewhere. Stops early when a descent reaches a leaf already chosen.
+    The virtual visits are taken back before returning, so the tree is as it
+    was; ``count = 1`` gives ``[select_leaf(...)]``.
+    """
+    paths: list[list[int]] = []
+    try:
+        while len(paths) < count:
+            path = select_leaf(tree, rule=rule, c=c)
+            if any(path[-1] == chosen[-1] for chosen in paths):
+                break
+            paths.append(path)
+            for index in path:
+                tree.nodes[index].visits += 1
+    finally:
+        for path in paths:
+            for index in path:
+                tree.nodes[index].visits -= 1
+    return paths
 
 
 def priors_from_logprobs(logprob_means: Sequence[float]) -> list[float]:

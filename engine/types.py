@@ -234,6 +234,43 @@ class PolicyStats:
     generate_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class ProposeRequest:
+    """One leaf to expand in a batch of leaves (see ``BatchProposer``).
+
+    Attributes:
+        state: the leaf's token ids.
+        k: options to sample from it, >= 1.
+        seed: the seed ``Policy.propose`` would get for this leaf.
+    """
+
+    state: tuple[int, ...]
+    k: int
+    seed: int
+
+
+@runtime_checkable
+class BatchProposer(Protocol):
+    """A policy that samples the options of several states in one decode batch
+    (the leaves of one step of parallel simulations). Only backends that can
+    implement it; the search calls ``Policy.propose`` once per leaf on the rest."""
+
+    def propose_many(
+        self,
+        requests: Sequence[ProposeRequest],
+        *,
+        termination: TerminationFn,
+        max_tokens: int,
+        temperature: float,
+    ) -> list[list[Option]]:
+        """``request.k`` options per request, one list per request in order, each
+        drawn from the random streams ``propose(request.state, k=request.k,
+        seed=request.seed)`` would use. Where a backend's logits depend on the
+        shape of the batch (llama.cpp on quantized weights) an option may differ
+        from that call's; it is still deterministic under the seeds."""
+        ...
+
+
 class StepCritic(Protocol):
     """Scores the last step of each trajectory (PRM), in [0, 1]."""
 

@@ -13,11 +13,14 @@ import pytest
 from engine.config import SearchConfig
 from engine.critics import Critics
 from engine.critics.generative import PRM_SYSTEM, GenerativePRM, prm_prompt
+from engine.persist import StoreSink, create_run, create_tree, load_tree
 from engine.policies import BackendError, load_policy
 from engine.policies.llamacpp import LlamaCppPolicy
 from engine.search import run_search
 from engine.termination import make_termination
-from engine.types import TrajectoryRequest
+from engine.types import BatchProposer, Problem, ProposeRequest, TrajectoryRequest
+from store.db import make_engine
+from tests.test_search import _snapshot
 
 pytestmark = [
     pytest.mark.slow,
@@ -173,6 +176,61 @@ def test_batched_samples_match_a_one_by_one_rescoring(f32_policy) -> None:
     assert len({option.token_ids for _, option in checks}) > 1, "the samples are not independent"
 
 
+def test_rollouts_of_different_states_decode_together_as_they_would_alone(f32_policy, monkeypatch) -> None:
+    path = f32_policy.llama.model_path
+    reader = LlamaCppPolicy(path, name="reader", n_ctx=1024, n_threads=1, max_parallel=1)
+    # A policy of its own: the module's f32_policy keeps its cache for the tests after this one.
+    f32_policy = LlamaCppPolicy(path, name="smollm2-f32", n_ctx=1024, n_threads=1, max_parallel=4)
+    root = f32_policy.root_state(QUESTION)
+    states = [root, f32_policy.extend(root, "4 * 6 = 24\n"), f32_policy.extend(root, "Step 1:")]
+    batches = []
+    decode = f32_policy._decode_together
+
+    def counted(samples, *args):
+        batches.append(len(samples))
+        return decode(samples, *args)
+
+    monkeypatch.setattr(f32_policy, "_decode_together", counted)
+    together = f32_policy.complete(states, n=1, termination=_never, max_tokens=6, temperature=1.0, seed=2)
+    assert batches == [3], "one rollout per leaf, all three in one batch"
+    for state, [option] in zip(states, together, strict=True):
+        assert _rescored(reader, state, option.token_ids) == pytest.approx(
+            option.logprob_sum, rel=1e-3, abs=1e-3
+        )
+
+
+def test_propose_many_draws_what_each_propose_would_in_one_batch(f32_policy, monkeypatch) -> None:
+    path = f32_policy.llama.model_path
+    alone = LlamaCppPolicy(path, name="alone", n_ctx=1024, n_threads=1, max_parallel=4)
+    together = LlamaCppPolicy(path, name="together", n_ctx=1024, n_threads=1, max_parallel=4)
+    root = together.root_state(QUESTION)
+    requests = [
+        ProposeRequest(root, 2, 5),
+        ProposeRequest(together.extend(root, "Step 1:"), 2, 9),
+        ProposeRequest(together.extend(root, "4 * 6 = 24\n"), 1, 5),
+    ]
+    batches = []
+    decode = together._decode_together
+
+    def counted(samples, *args):
+        batches.append(len(samples))
+        return decode(samples, *args)
+
+    monkeypatch.setattr(together, "_decode_together", counted)
+    sampling = {"termination": NEWLINE, "max_tokens": 12, "temperature": 0.8}
+    batched = together.propose_many(requests, **sampling)
+    assert batches == [4, 1], "as many samples at once as max_parallel allows, across the leaves"
+    for request, options in zip(requests, batched, strict=True):
+        single = alone.propose(request.state, k=request.k, seed=request.seed, **sampling)
+        assert [o.token_ids for o in options] == [o.token_ids for o in single], "other random streams"
+        assert [o.logprob_sum for o in options] == pytest.approx(
+            [o.logprob_sum for o in single], rel=1e-3, abs=1e-3
+        )
+        for option in options:
+            if not option.finished:
+                assert together.logits.get(request.state + option.token_ids) is not None, "child not kept"
+
+
 def test_batched_children_restore_from_their_own_sequence(f32_policy) -> None:
     state = f32_policy.extend(f32_policy.root_state(QUESTION), "Step 1:")
     options = _propose(f32_policy, state, k=4, seed=8, max_tokens=12)
@@ -244,6 +302,45 @@ def test_a_search_runs_on_it(policy) -> None:
     )
     tree = run_search(question=QUESTION, policy=policy, critics=Critics(), config=config, similarity=None)
     assert len(tree.nodes) > 1 and tree.generated_tokens > 0
+
+
+def test_a_search_of_two_simulations_per_step_runs_and_is_stored(policy, tmp_path, monkeypatch) -> None:
+    config = SearchConfig(
+        simulations=4,
+        parallel_simulations=2,
+        max_option_tokens=12,
+        rollouts=1,
+        rollout_max_tokens=16,
+        similarity="edit",
+        weight_prm=0.0,
+        weight_orm=0.0,
+        weight_tool=0.0,
+        root_min_children=2,
+        min_children=2,
+        branching_alpha=0.0,
+    )
+    assert isinstance(policy, BatchProposer)
+    leaves_per_call = []
+    propose_many = policy.propose_many
+
+    def counted(requests, **kwargs):
+        leaves_per_call.append(len(requests))
+        return propose_many(requests, **kwargs)
+
+    monkeypatch.setattr(policy, "propose_many", counted)
+    engine = make_engine(str(tmp_path / "batched.db"))
+    run_id = create_run(engine, model=MODEL, task="custom", seed=0, config=config.to_dict(), critics={})
+    problem = Problem(question=QUESTION, answer="19")
+    tree_id = create_tree(engine, run_id=run_id, problem=problem, prompt="", simulations=config.simulations)
+    sink = StoreSink(engine, tree_id)
+    tree = run_search(
+        question=QUESTION, policy=policy, critics=Critics(), config=config, similarity=None, sink=sink
+    )
+    assert 2 in leaves_per_call, "a step expanded two leaves in one call"
+    assert tree.simulations_done == tree.root.visits == 4 and tree.generated_tokens > 0
+    reloaded, _ = load_tree(engine, tree_id)
+    assert _snapshot(reloaded) == _snapshot(tree)
+    assert reloaded.simulations_done == 4
 
 
 def test_reads_no_hidden_states_so_the_value_head_gets_its_own_model(policy) -> None:

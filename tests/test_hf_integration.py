@@ -20,7 +20,7 @@ from engine.config import CriticModels, SearchConfig
 from engine.persist import StoreSink, create_run, create_tree, load_tree
 from engine.search import run_search
 from engine.termination import make_termination
-from engine.types import Problem
+from engine.types import BatchProposer, Problem, ProposeRequest
 from store import schema
 from store.db import make_engine
 from tests.test_search import _snapshot
@@ -74,6 +74,22 @@ def test_sampling_is_deterministic_under_a_seed(components) -> None:
     first = policy.propose(state, k=2, termination=newline, max_tokens=10, temperature=1.0, seed=11)
     second = policy.propose(state, k=2, termination=newline, max_tokens=10, temperature=1.0, seed=11)
     assert [o.token_ids for o in first] == [o.token_ids for o in second]
+
+
+def test_propose_many_samples_each_leaf_as_its_own_propose_would(components) -> None:
+    policy = components.policy
+    assert isinstance(policy, BatchProposer)
+    root = policy.root_state(QUESTION)
+    requests = [ProposeRequest(root, 2, 5), ProposeRequest(policy.extend(root, "Step 1:"), 3, 9)]
+    sampling = {"termination": make_termination(["newline"]), "max_tokens": 10, "temperature": 0.8}
+    batched = policy.propose_many(requests, **sampling)
+    for request, options in zip(requests, batched, strict=True):
+        single = policy.propose(request.state, k=request.k, seed=request.seed, **sampling)
+        assert [o.token_ids for o in options] == [o.token_ids for o in single]
+        assert [o.logprob_sum for o in options] == pytest.approx([o.logprob_sum for o in single], abs=1e-3)
+        for option in options:
+            if not option.finished:
+                assert policy.cache.get(request.state + option.token_ids) is not None, "child not cached"
 
 
 def test_generative_critics_score_in_unit_interval(components) -> None:

@@ -5,13 +5,16 @@ The backend keeps the KV cache (and last logits and hidden state) of recent
 states in a byte-bounded LRU ``PrefixCache``: expanding a node starts from its
 own cached state, and anything else (a rollout by another path, a critic
 prompt) starts from the longest cached prefix, so the shared part is never
-prefilled twice. Siblings are sampled as one batch; a row that finishes an
-option is fed its last token once more, so the child's state is cached whole and
-its own expansion needs no prefill at all.
+prefilled twice. Siblings are sampled as one batch, and so are the options of
+several leaves (``propose_many``) and the rollouts of several states, left-padded
+to the longest; a row that finishes an option is fed its last token once more,
+so the child's state is cached whole and its own expansion needs no prefill at
+all.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -22,7 +25,7 @@ from transformers import DynamicCache
 
 from engine.prompts import FALSE_WORDS, SYSTEM_PROMPT, TRUE_WORDS, hf_chat_text
 from engine.termination import stop_reason
-from engine.types import Option, PolicyStats, TerminationFn
+from engine.types import Option, PolicyStats, ProposeRequest, TerminationFn
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -196,7 +199,33 @@ class HFPolicy:
         temperature: float,
         seed: int,
     ) -> list[Option]:
-        return self._sample([state], k, termination, max_tokens, temperature, seed, keep_states=True)[0]
+        generators = [torch.Generator().manual_seed(seed)]
+        [options] = self._sample(
+            [state], [k], generators, termination, max_tokens, temperature, keep_states=True
+        )
+        return options
+
+    def propose_many(
+        self,
+        requests: Sequence[ProposeRequest],
+        *,
+        termination: TerminationFn,
+        max_tokens: int,
+        temperature: float,
+    ) -> list[list[Option]]:
+        """``propose`` for several states in one batch: request ``i``'s rows draw
+        from the generator ``propose(..., seed=requests[i].seed)`` would seed, so
+        they sample what that call would, up to the rounding that left padding
+        brings to the logits."""
+        return self._sample(
+            [request.state for request in requests],
+            [request.k for request in requests],
+            [torch.Generator().manual_seed(request.seed) for request in requests],
+            termination,
+            max_tokens,
+            temperature,
+            keep_states=True,
+        )
 
     def complete(
         self,
@@ -208,55 +237,70 @@ class HFPolicy:
         temperature: float,
         seed: int,
     ) -> list[list[Option]]:
-        return self._sample(states, n, termination, max_tokens, temperature, seed, keep_states=False)
+        generators = [torch.Generator().manual_seed(seed)]
+        return self._sample(
+            states, [n] * len(states), generators, termination, max_tokens, temperature, keep_states=False
+        )
 
-    def _batch_cache(self, entries: list[CacheEntry], n: int) -> tuple[DynamicCache, torch.Tensor | None]:
-        """One cache holding ``n`` rows per entry, left-padded to the longest state,
-        and the attention mask over it (None when no row is padded)."""
+    def _batch_cache(
+        self, entries: list[CacheEntry], counts: list[int]
+    ) -> tuple[DynamicCache, torch.Tensor | None]:
+        """One cache holding ``counts[i]`` rows of entry ``i``, left-padded to the
+        longest state, and the attention mask over it (None when no row is padded)."""
         lengths = [entry.kv[0][0].shape[2] for entry in entries]
         width = max(lengths)
         if len(entries) == 1:
             cache = DynamicCache(ddp_cache_data=entries[0].kv)
-            cache.batch_repeat_interleave(n)
+            cache.batch_repeat_interleave(counts[0])
             return cache, None
         layers = []
         for layer in range(len(entries[0].kv)):
             keys, values = [], []
-            for entry, length in zip(entries, lengths, strict=True):
+            for entry, length, count in zip(entries, lengths, counts, strict=True):
                 k, v = entry.kv[layer]
                 pad = (0, 0, width - length, 0)
-                keys.append(torch.nn.functional.pad(k, pad).expand(n, -1, -1, -1))
-                values.append(torch.nn.functional.pad(v, pad).expand(n, -1, -1, -1))
+                keys.append(torch.nn.functional.pad(k, pad).expand(count, -1, -1, -1))
+                values.append(torch.nn.functional.pad(v, pad).expand(count, -1, -1, -1))
             layers.append((torch.cat(keys), torch.cat(values)))
-        mask = torch.tensor([[0] * (width - length) + [1] * length for length in lengths for _ in range(n)])
+        mask = torch.tensor(
+            [
+                [0] * (width - length) + [1] * length
+                for length, count in zip(lengths, counts, strict=True)
+                for _ in range(count)
+            ]
+        )
         return DynamicCache(ddp_cache_data=layers), mask
 
     def _sample(
         self,
         states: Sequence[tuple[int, ...]],
-        n: int,
+        counts: Sequence[int],
+        generators: Sequence[torch.Generator],
         termination: TerminationFn,
         max_tokens: int,
         temperature: float,
-        seed: int,
         *,
         keep_states: bool,
     ) -> list[list[Option]]:
-        """Sample ``n`` continuations of each state, all rows in one batch.
+        """Sample ``counts[i]`` continuations of state ``i``, all rows in one batch.
 
         States of different lengths are left-padded (masked, with per-row
-        positions). With ``keep_states`` each continuation that did not end the
-        solution is fed its last token once more and its state is cached for
-        expansion.
+        positions). ``generators`` holds one generator for all states (the
+        rows draw together, as ``complete`` does) or one per state (each
+        state's rows draw apart, as its own ``propose`` would). With
+        ``keep_states`` each continuation that did not end the solution is fed
+        its last token once more and its state is cached for expansion.
         """
         started = time.perf_counter()
         entries = [self.state_entry(state) for state in states]
-        generator = torch.Generator().manual_seed(seed)
-        cache, mask = self._batch_cache(entries, n)
-        lengths = [len(state) for state in states for _ in range(n)]
+        cache, mask = self._batch_cache(entries, list(counts))
+        owner = [i for i, count in enumerate(counts) for _ in range(count)]
+        stream = owner if len(generators) > 1 else [0] * len(owner)
+        lengths = [len(states[i]) for i in owner]
         width = max(lengths)
-        owner = [i for i in range(len(states)) for _ in range(n)]
-        logits = torch.cat([entry.logits.expand(n, -1) for entry in entries])
+        logits = torch.cat(
+            [entry.logits.expand(count, -1) for entry, count in zip(entries, counts, strict=True)]
+        )
         total = len(owner)
         tokens: list[list[int]] = [[] for _ in range(total)]
         logprobs = [0.0] * total
@@ -265,9 +309,12 @@ class HFPolicy:
         rows = list(range(total))  # batch position -> row
         while True:
             active = [pos for pos, row in enumerate(rows) if reasons[row] is None]
-            if active:
-                picked, picked_logprobs = self._draw(logits[active], temperature, generator)
-                for pos, token, logprob in zip(active, picked, picked_logprobs, strict=True):
+            for index, generator in enumerate(generators):
+                drawing = [pos for pos in active if stream[rows[pos]] == index]
+                if not drawing:
+                    continue
+                picked, picked_logprobs = self._draw(logits[drawing], temperature, generator)
+                for pos, token, logprob in zip(drawing, picked, picked_logprobs, strict=True):
                     row = rows[pos]
                     tokens[row].append(token)
                     logprobs[row] += logprob
@@ -314,7 +361,8 @@ class HFPolicy:
             Option.sampled(self.decode(tokens[row]), tokens[row], logprobs[row], reasons[row])
             for row in range(total)
         ]
-        return [options[i * n : (i + 1) * n] for i in range(len(states))]
+        ends = list(itertools.accumulate(counts))
+        return [options[end - count : end] for end, count in zip(ends, counts, strict=True)]
 
     @staticmethod
     def _draw(

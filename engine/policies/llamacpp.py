@@ -25,6 +25,15 @@ with its own numpy ``Generator`` seeded by (seed, state, sample), so runs are
 deterministic under a seed whatever the batching, and every token carries its
 log-probability at temperature 1.
 
+``propose_many`` decodes the options of several leaves together (one step of
+parallel simulations), each leaf's samples from the streams its own ``propose``
+would use. llama.cpp is not batch-invariant: on quantized weights a token's
+logits shift slightly with the shape of the batch it is read in, so a leaf
+expanded with others may draw other options than alone, and a search with
+``parallel_simulations > 1`` may differ from one-at-a-time beyond the
+selection order; both stay deterministic under the seed (F32 weights give
+the same draws, see tests/test_backend_llamacpp.py).
+
 The value head needs hidden states, which this backend does not expose: a
 value model runs as its own HF model (``engine.policies.hf.HFPolicy`` loaded
 separately and passed as the ``reader`` of ``ValueHeadCritic``), so all three
@@ -46,7 +55,7 @@ import numpy as np
 
 from engine.prompts import FALSE_WORDS, SYSTEM_PROMPT, TRUE_WORDS, plain_chat_text
 from engine.termination import stop_reason
-from engine.types import Option, PolicyStats, TerminationFn
+from engine.types import Option, PolicyStats, ProposeRequest, TerminationFn
 
 _STOP_WORDS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>")
 
@@ -182,8 +191,9 @@ class LlamaCppPolicy:
         seed: llama.cpp's seed (our sampling uses the per-call ``seed``).
         logits_bytes: budget of the per-state logits LRU.
         snapshot_bytes: budget of the per-child KV snapshots; 0 turns them off.
-        max_parallel: samples of one state decoded together in one batch (each
-            on its own llama.cpp sequence); 1 decodes them one after another.
+        max_parallel: samples decoded together in one batch (each on its own
+            llama.cpp sequence), of one state or of several (rollouts,
+            ``propose_many``); 1 decodes them one after another.
     """
 
     def __init__(
@@ -191,7 +201,7 @@ class LlamaCppPolicy:
         model_path: str | Path,
         *,
         name: str,
-        n_ctx: int = 4096,
+        n_ctx: int = 8192,
         n_threads: int | None = None,
         seed: int = 0,
         logits_bytes: int = 256 << 20,
@@ -367,7 +377,28 @@ class LlamaCppPolicy:
         temperature: float,
         seed: int,
     ) -> list[Option]:
-        return self._sample([state], k, termination, max_tokens, temperature, seed, keep_states=True)[0]
+        return self._sample(
+            [(state, _streams(seed, 0, k))], termination, max_tokens, temperature, keep_states=True
+        )[0]
+
+    def propose_many(
+        self,
+        requests: Sequence[ProposeRequest],
+        *,
+        termination: TerminationFn,
+        max_tokens: int,
+        temperature: float,
+    ) -> list[list[Option]]:
+        """``propose`` for several states at once: their samples decode together,
+        request ``i``'s from the streams ``propose(..., seed=requests[i].seed)``
+        uses (see the module docstring on quantized weights)."""
+        return self._sample(
+            [(request.state, _streams(request.seed, 0, request.k)) for request in requests],
+            termination,
+            max_tokens,
+            temperature,
+            keep_states=True,
+        )
 
     def complete(
         self,
@@ -379,86 +410,105 @@ class LlamaCppPolicy:
         temperature: float,
         seed: int,
     ) -> list[list[Option]]:
-        return self._sample(states, n, termination, max_tokens, temperature, seed, keep_states=False)
+        return self._sample(
+            [(state, _streams(seed, index, n)) for index, state in enumerate(states)],
+            termination,
+            max_tokens,
+            temperature,
+            keep_states=False,
+        )
 
     def _sample(
         self,
-        states: Sequence[tuple[int, ...]],
-        n: int,
+        requests: Sequence[tuple[tuple[int, ...], Sequence[np.random.Generator]]],
         termination: TerminationFn,
         max_tokens: int,
         temperature: float,
-        seed: int,
         *,
         keep_states: bool,
     ) -> list[list[Option]]:
-        """Sample ``n`` continuations of each state, up to ``max_parallel`` at once.
+        """One continuation of each request's state per generator of the request,
+        up to ``max_parallel`` at once.
 
-        States go one after another; each is read once on sequence 0 and its
-        samples decode together (``_decode_together``). With ``keep_states`` a
-        continuation that did not end the solution has its last token evaluated
-        too, and the child's logits and KV snapshot are kept, so expanding the
-        child later evaluates nothing.
+        Samples decode together across states (``_decode_together``): each
+        state in a batch is read once on sequence 0 and copied to the sequences
+        of its samples, so the options or rollouts of several leaves share
+        every decode step. With ``keep_states`` a continuation that did not end the solution
+        has its last token evaluated too, and the child's logits and KV snapshot
+        are kept, so expanding the child later evaluates nothing.
         """
         started = time.perf_counter()
-        results: list[list[Option]] = []
-        for index, state in enumerate(states):
-            options: list[Option] = []
-            if n > 0:
-                logits = self.state_logits(state)
-                # Every further sample starts from the prefix already read, as if
-                # it had asked for the state again.
-                self._stats.cached_tokens += (n - 1) * len(state)
-                generators = [np.random.default_rng([seed, index, sample]) for sample in range(n)]
-                width = self._width(len(state), max_tokens)
-                for first in range(0, n, width):
-                    options += self._decode_together(
-                        state,
-                        logits,
-                        generators[first : first + width],
-                        termination,
-                        max_tokens,
-                        temperature,
-                        keep_states,
-                    )
-            results.append(options)
+        jobs = [
+            (index, state, generator)
+            for index, (state, generators) in enumerate(requests)
+            for generator in generators
+        ]
+        results: list[list[Option]] = [[] for _ in requests]
+        while jobs:
+            batch = self._next_batch(jobs, max_tokens)
+            jobs = jobs[len(batch) :]
+            options = self._decode_together(
+                [(state, generator) for _, state, generator in batch],
+                termination,
+                max_tokens,
+                temperature,
+                keep_states,
+            )
+            for (index, _, _), option in zip(batch, options, strict=True):
+                results[index].append(option)
         self._stats.generate_seconds += time.perf_counter() - started
         return results
 
-    def _width(self, state_length: int, max_tokens: int) -> int:
-        """How many samples decode at once: at most ``max_parallel``, and no more
-        than the shared KV buffer holds next to the state at ``max_tokens`` each
-        (at least 1: a lone sample may run up to ``n_ctx`` as before)."""
-        per_sample = max(1, min(max_tokens, self.n_ctx - state_length))
-        return max(1, min(self.max_parallel, (self._cells - state_length) // per_sample))
+    def _next_batch(self, jobs: list, max_tokens: int) -> list:
+        """The longest head of ``jobs`` (each ``(index, state, generator)``) that
+        decodes at once: at most ``max_parallel`` samples, and no more than the
+        shared KV buffer holds — each distinct state once, plus ``max_tokens``
+        per sample (at least one job: a lone sample may run up to ``n_ctx``)."""
+        batch: list = []
+        states: set[tuple[int, ...]] = set()
+        cells = 0
+        for job in jobs:
+            state = job[1]
+            needed = cells + (0 if state in states else len(state)) + min(max_tokens, self.n_ctx - len(state))
+            if batch and (len(batch) == self.max_parallel or needed > self._cells):
+                break
+            batch.append(job)
+            states.add(state)
+            cells = needed
+        return batch
 
     def _decode_together(
         self,
-        state: tuple[int, ...],
-        logits: np.ndarray,
-        generators: Sequence[np.random.Generator],
+        samples: Sequence[tuple[tuple[int, ...], np.random.Generator]],
         termination: TerminationFn,
         max_tokens: int,
         temperature: float,
         keep_states: bool,
     ) -> list[Option]:
-        """One sample per generator, all from ``state`` (which sequence 0 holds),
-        sample ``j`` on sequence ``j + 1``; the newest tokens of the samples still
-        running go through the model in one batch per step."""
-        count = len(generators)
+        """One continuation per ``(state, generator)``, sample ``j`` on sequence
+        ``j + 1``: each distinct state is read on sequence 0 and copied to its
+        samples' sequences, then the newest tokens of the samples still running
+        go through the model in one batch per step."""
+        count = len(samples)
         memory = self.llama._ctx.memory
         tokens: list[list[int]] = [[] for _ in range(count)]
         logprob_sums = [0.0] * count
         reasons: list[str | None] = [None] * count
-        rows = [logits] * count
-        for sample in range(count):
+        rows: list[np.ndarray] = []
+        loaded: tuple[int, ...] | None = None
+        for sample, (state, _) in enumerate(samples):
+            if state != loaded:
+                logits, loaded = self.state_logits(state), state
+            else:  # another sample of the state just read: as if it asked for it again
+                self._stats.cached_tokens += len(state)
+            rows.append(logits)
             self._llama_cpp.llama_memory_seq_cp(memory, 0, sample + 1, -1, -1)
         try:
             running = list(range(count))
             while running:
                 feed = []
                 for sample in running:
-                    token, logprob = _draw(rows[sample], temperature, generators[sample])
+                    token, logprob = _draw(rows[sample], temperature, samples[sample][1])
                     tokens[sample].append(token)
                     logprob_sums[sample] += logprob
                     reason = stop_reason(
@@ -474,12 +524,12 @@ class LlamaCppPolicy:
                 if not feed:
                     break
                 fed = self._decode_step(
-                    [(s + 1, tokens[s][-1], len(state) + len(tokens[s]) - 1) for s in feed]
+                    [(s + 1, tokens[s][-1], len(samples[s][0]) + len(tokens[s]) - 1) for s in feed]
                 )
                 for sample, row in zip(feed, fed, strict=True):
                     rows[sample] = row
                     if reasons[sample] is not None:  # a child to keep: its logits and cache
-                        child = state + tuple(tokens[sample])
+                        child = samples[sample][0] + tuple(tokens[sample])
                         self.logits.put(child, row, row.nbytes)
                         if self.snapshots.max_bytes > 0:
                             snapshot = self._snapshot(sample + 1)
@@ -533,6 +583,11 @@ class LlamaCppPolicy:
             p_false = float(probs[self.vocab.false_ids].sum())
             scores.append(p_true / max(p_true + p_false, 1e-12))
         return scores
+
+
+def _streams(seed: int, index: int, count: int) -> list[np.random.Generator]:
+    """The random streams of ``count`` samples of the ``index``-th state of a call seeded ``seed``."""
+    return [np.random.default_rng([seed, index, sample]) for sample in range(count)]
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
