@@ -7,9 +7,12 @@ from the store and print one JSON object that separates the possible causes:
   each of the four selection rules stored with every tree (vote, visits, q, orm).
 - critic quality: how well each critic's score separates trajectories that
   reached the gold answer from those that did not (ROC AUC: 0.5 is chance).
-  ORM and tool scores are judged per rollout or terminal node ("orm_answered":
-  only those that stated an answer, the ones an answer-selection rule ranks);
+  ORM and tool scores are judged per rollout or terminal node ("orm_answered",
+  "tool_answered": only those that stated an answer, the ones an
+  answer-selection rule ranks; unfinished trajectories are easy negatives);
   PRM, combined score and Q per node, against the node's verified outcome.
+- the program checker, where it ran: programs written, how many gave a result,
+  how many results were right, and on how many problems their majority was.
 - branching and termination: tree width, depth, terminal nodes, answer
   diversity, and how many trajectories stopped (token cap) before any answer.
 - cost: generated tokens split into options and rollouts.
@@ -31,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sqlalchemy import inspect  # noqa: E402
 from sqlmodel import Session, select  # noqa: E402
 
 from engine.answer_selection import METHODS as SELECTIONS  # noqa: E402
@@ -86,6 +90,14 @@ def diagnose(db: str, mcts_run: int, greedy_run: int | None = None) -> dict:
             tree.id: session.exec(select(schema.Node).where(schema.Node.tree_id == tree.id)).all()
             for tree in trees
         }
+        tree_programs: dict[int, list] = {}
+        if "verifierprogram" in inspect(engine).get_table_names():
+            for row in session.exec(
+                select(schema.VerifierProgram).where(
+                    schema.VerifierProgram.tree_id.in_([tree.id for tree in trees])
+                )
+            ).all():
+                tree_programs.setdefault(row.tree_id, []).append(row)
         greedy = {}
         if greedy_run is not None:
             greedy = {
@@ -94,8 +106,9 @@ def diagnose(db: str, mcts_run: int, greedy_run: int | None = None) -> dict:
                 if t.status == "completed"
             }
     critics: dict[str, list[tuple[float, bool]]] = {
-        name: [] for name in ("prm", "orm", "orm_answered", "tool", "combined", "q")
+        name: [] for name in ("prm", "orm", "orm_answered", "tool", "tool_answered", "combined", "q")
     }
+    programs = Counter()
     selection_hits = Counter()
     found = found_not_chosen = answered = trajectories_total = trajectories_answered = 0
     shape = {"nodes": [], "max_depth": [], "root_children": [], "terminal": [], "filtered": [], "answers": []}
@@ -126,6 +139,15 @@ def diagnose(db: str, mcts_run: int, greedy_run: int | None = None) -> dict:
                     critics[name].append((float(score), bool(hit)))
             if present(answer) and present(orm):  # what an answer-selection rule ranks
                 critics["orm_answered"].append((float(orm), bool(hit)))
+            if present(answer) and present(tool):
+                critics["tool_answered"].append((float(tool), bool(hit)))
+        verdicts = [row.verdict for row in tree_programs.get(tree.id, []) if present(row.verdict)]
+        programs["written"] += len(tree_programs.get(tree.id, []))
+        programs["with_a_verdict"] += len(verdicts)
+        programs["right"] += sum(answers_match(str(v), str(answer_gold)) for v in verdicts)
+        if verdicts:
+            top = Counter(verdicts).most_common(1)[0][0]
+            programs["majority_right"] += answers_match(str(top), str(answer_gold))
         trajectories_total += len(trajectories)
         trajectories_answered += sum(present(answer) for answer, _, _ in trajectories)
         any_hit = any(present(a) and answers_match(str(a), str(answer_gold)) for a, _, _ in trajectories)
@@ -159,6 +181,12 @@ def diagnose(db: str, mcts_run: int, greedy_run: int | None = None) -> dict:
         "found_in_tree": found,
         "found_not_chosen": found_not_chosen,
         "critic_auc": {name: _critic(pairs) for name, pairs in critics.items()},
+        "programs": {
+            "written": programs["written"],
+            "with_a_verdict": programs["with_a_verdict"],
+            "right": programs["right"],
+            "problems_where_their_majority_is_right": programs["majority_right"],
+        },
         "tree_means": {name: _mean(values) for name, values in shape.items()},
         "token_means": {name: _mean(values) for name, values in tokens.items()},
     }

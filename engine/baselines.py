@@ -169,17 +169,29 @@ def solution_steps(text: str) -> tuple[str, ...]:
 # -- sampling methods -----------------------------------------------------------
 
 
-def _sample_tree(question: str, policy: Policy, *, n: int, temperature: float, max_tokens: int, seed: int):
-    """The root and one terminal child per completion from it."""
+def _sample_tree(
+    question: str,
+    policy: Policy,
+    *,
+    n: int,
+    temperature: float,
+    max_tokens: int,
+    seed: int,
+    samples: Sequence[Option] | None = None,
+):
+    """The root and one terminal child per completion from it (``samples``:
+    completions drawn before, used instead of drawing new ones)."""
     tree = Tree.new(question, policy.root_state(question))
-    [completions] = policy.complete(
-        [tree.root_state],
-        n=n,
-        termination=make_termination(["answer"]),
-        max_tokens=max_tokens,
-        temperature=temperature,
-        seed=seed,
-    )
+    completions = samples
+    if completions is None:
+        [completions] = policy.complete(
+            [tree.root_state],
+            n=n,
+            termination=make_termination(["answer"]),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+        )
     for completion in completions:
         child = tree.add_child(ROOT_INDEX, completion, simulation=0)
         child.terminal = True
@@ -249,8 +261,19 @@ def self_consistency(question: str, *, policy: Policy, settings: EvalSettings) -
     )
 
 
-def best_of_n(question: str, *, policy: Policy, critics: Critics, settings: EvalSettings) -> BaselineOutcome:
+def best_of_n(
+    question: str,
+    *,
+    policy: Policy,
+    critics: Critics,
+    settings: EvalSettings,
+    samples: Sequence[Option] | None = None,
+) -> BaselineOutcome:
     """The completions ``self_consistency`` would draw (same seed), the ORM's favourite wins.
+
+    ``samples`` hands in the completions a self-consistency run with the same
+    settings already drew (``engine.compare`` does), so only the ORM pass runs;
+    they still count as this method's generated tokens.
 
     On llama.cpp they match only while the KV cache holds the same thing: its
     quantized logits depend on how a prompt is batched, so after the ORM has read
@@ -269,6 +292,7 @@ def best_of_n(question: str, *, policy: Policy, critics: Critics, settings: Eval
             temperature=settings.sample_temperature,
             max_tokens=settings.max_tokens,
             seed=mix_seed(settings.seed, _SAMPLING_SALT),
+            samples=samples,
         )
         children = [tree.nodes[i] for i in tree.root.children]
         vote_answer, vote_node = majority_vote(children)
@@ -292,7 +316,10 @@ def best_of_n(question: str, *, policy: Policy, critics: Critics, settings: Eval
             )
             chosen, answer = best.index, best.answer
             answers["orm"] = answer
-    return meter.fill(BaselineOutcome(tree, chosen, answer, answers))
+    outcome = meter.fill(BaselineOutcome(tree, chosen, answer, answers))
+    if samples is not None:
+        outcome.generated_tokens = tree.generated_tokens = sum(len(o.token_ids) for o in samples)
+    return outcome
 
 
 # -- beam search ----------------------------------------------------------------
@@ -383,15 +410,22 @@ def _add_children(tree: Tree, parent: Node, options: Sequence[Option], *, simula
 
 
 def run_baseline(
-    method: str, question: str, *, policy: Policy, critics: Critics, settings: EvalSettings
+    method: str,
+    question: str,
+    *,
+    policy: Policy,
+    critics: Critics,
+    settings: EvalSettings,
+    samples: Sequence[Option] | None = None,
 ) -> BaselineOutcome:
-    """Run one baseline by name (one of ``METHODS`` other than "mcts")."""
+    """Run one baseline by name (one of ``METHODS`` other than "mcts");
+    ``samples`` are reused completions for best-of-N (see ``best_of_n``)."""
     if method == "greedy":
         return greedy(question, policy=policy, settings=settings)
     if method == "self-consistency":
         return self_consistency(question, policy=policy, settings=settings)
     if method == "best-of-n":
-        return best_of_n(question, policy=policy, critics=critics, settings=settings)
+        return best_of_n(question, policy=policy, critics=critics, settings=settings, samples=samples)
     if method == "beam":
         return beam_search(question, policy=policy, critics=critics, settings=settings)
     raise ConfigError(f"unknown baseline {method!r}; choose from {', '.join(METHODS[:-1])}")

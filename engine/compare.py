@@ -46,6 +46,10 @@ def compare(
     starting anew (``on_run_continued`` gets its id): an interrupted comparison
     is resumed by running the same command again, and a finished one re-reported.
 
+    Best-of-N run after self-consistency reranks self-consistency's stored
+    samples (the same ones it would draw: same settings and seed) instead of
+    drawing them again; its records still count those samples' tokens.
+
     With ``equal_tokens`` greedy and MCTS run first, and the sampling methods
     (self-consistency, best-of-N) then draw ``round(MCTS tokens / greedy
     tokens)`` samples per problem, so they spend about what the search spent.
@@ -77,6 +81,10 @@ def compare(
             samples = max(1, round(results["mcts"].generated_tokens / greedy_tokens))
             method_settings = replace(settings, samples=samples)
             labels[method] = f"{method} (n={samples})"
+        samples_from = None
+        if method == "best-of-n" and "self-consistency" in results:
+            # The very samples self-consistency drew (same settings and seed): rerank, don't redraw.
+            samples_from = results["self-consistency"].run_id
         results[method] = _evaluate_or_continue(
             engine,
             method=method,
@@ -84,9 +92,10 @@ def compare(
             components=components,
             settings=method_settings,
             on_problem=callback,
-            meta=meta,
+            meta=meta if samples_from is None else {**(meta or {}), "samples_from_run": samples_from},
             on_run_created=on_run_created,
             on_run_continued=on_run_continued,
+            samples_from=samples_from,
         )
     return write_report(
         [results[method] for method in methods],
@@ -214,6 +223,7 @@ def _evaluate_or_continue(
     meta: dict[str, Any] | None,
     on_run_created: Callable[[int], None] | None,
     on_run_continued: Callable[[int], None] | None,
+    samples_from: int | None = None,
 ) -> EvalResult:
     """``evaluate``, continuing the run these arguments made before if there is one."""
     run_id = matching_run(
@@ -231,6 +241,7 @@ def _evaluate_or_continue(
         on_problem=on_problem,
         meta=meta,
         on_run_created=on_run_created,
+        samples_from=samples_from,
     )
 
 

@@ -33,7 +33,7 @@ from engine.persist import (
     tracked_run,
     writer_alive,
 )
-from engine.types import Problem
+from engine.types import Option, Problem
 from store import schema
 from store.queries import trajectory_counts
 
@@ -125,6 +125,7 @@ def evaluate(
     meta: dict[str, Any] | None = None,
     on_run_created: Callable[[int], None] | None = None,
     iteration_id: int | None = None,
+    samples_from: int | None = None,
 ) -> EvalResult:
     """Run ``method`` on every problem, storing each as a tree of one eval run.
 
@@ -136,6 +137,9 @@ def evaluate(
             chosen, so a resume can choose them again).
         on_run_created: called with the new run's id before any problem runs.
         iteration_id: the improve iteration this evaluation belongs to, if any.
+        samples_from: for best-of-N, a self-consistency eval run with the same
+            sampling settings whose samples it reranks instead of drawing its
+            own (a problem that run has not finished is sampled anew).
 
     Raises:
         ConfigError: unknown method, no problems, or a method whose critic is off.
@@ -168,7 +172,9 @@ def evaluate(
         set_run_status(engine, run_id, "running")
 
     def work() -> list[ProblemRecord]:
-        return _evaluate_problems(engine, run_id, method, problems, components, settings, on_problem)
+        return _evaluate_problems(
+            engine, run_id, method, problems, components, settings, on_problem, samples_from
+        )
 
     records = tracked_run(engine, run_id, work)
     graded = [record for record in records if record.correct is not None]
@@ -264,6 +270,7 @@ def _evaluate_problems(
     components: Components,
     settings: EvalSettings,
     on_problem: Callable[[ProblemRecord, int, int], None] | None,
+    samples_from: int | None,
 ) -> list[ProblemRecord]:
     with Session(engine) as session:
         stored = session.exec(select(schema.Tree).where(schema.Tree.run_id == run_id)).all()
@@ -278,7 +285,8 @@ def _evaluate_problems(
             with Session(engine) as session:
                 record = _record(session, tree_row, problem, from_store=True)
         else:
-            record = _solve(engine, run_id, method, problem, components, settings, tree_row)
+            samples = _stored_samples(engine, samples_from, problem_id) if samples_from is not None else None
+            record = _solve(engine, run_id, method, problem, components, settings, tree_row, samples)
             with Session(engine) as session:
                 trees_by_problem[problem_id] = session.get(schema.Tree, record.tree_id)
         records.append(record)
@@ -295,6 +303,7 @@ def _solve(
     components: Components,
     settings: EvalSettings,
     tree_row: schema.Tree | None,
+    samples: list[Option] | None = None,
 ) -> ProblemRecord:
     policy = components.policy
     if method == "mcts":
@@ -322,7 +331,12 @@ def _solve(
             _clear_tree(engine, tree_id)
         sink = StoreSink(engine, tree_id, prefill_tokens=lambda: policy.stats().prefill_tokens)
         outcome = run_baseline(
-            method, problem.question, policy=policy, critics=components.critics, settings=settings
+            method,
+            problem.question,
+            policy=policy,
+            critics=components.critics,
+            settings=settings,
+            samples=samples,
         )
         choices = {
             name: AnswerChoice(name, answer, outcome.chosen) for name, answer in outcome.answers.items()
@@ -331,6 +345,23 @@ def _solve(
         sink.finish(outcome.tree, choices, method=method, gold=problem.answer)
     with Session(engine) as session:
         return _record(session, session.get(schema.Tree, tree_id), problem)
+
+
+def _stored_samples(engine: Engine, run_id: int, problem_id: int) -> list[Option] | None:
+    """The completions a finished tree of sampling run ``run_id`` drew for the
+    problem (its root's children), or None when it has none finished."""
+    with Session(engine) as session:
+        tree_row = session.exec(
+            select(schema.Tree).where(
+                schema.Tree.run_id == run_id,
+                schema.Tree.problem_id == problem_id,
+                schema.Tree.status == "completed",
+            )
+        ).first()
+    if tree_row is None:
+        return None
+    tree, _ = load_tree(engine, tree_row.id)
+    return [tree.nodes[index].option for index in tree.root.children] if tree.nodes else None
 
 
 def _new_tree(engine: Engine, run_id: int, problem: Problem, components: Components, simulations: int) -> int:

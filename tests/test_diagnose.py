@@ -56,3 +56,35 @@ def test_diagnosis_of_stored_runs(tmp_path) -> None:
     assert found["token_means"]["generated"] == pytest.approx(mcts.generated_tokens, abs=0.01)
     with pytest.raises(SystemExit, match="not an MCTS eval run"):
         diagnose_mcts.diagnose(db, greedy.run_id)
+
+
+def test_diagnosis_counts_the_program_checker(tmp_path) -> None:
+    from engine.baselines import EvalSettings
+    from engine.config import SearchConfig
+    from engine.critics import Critics
+    from engine.critics.program import ProgramVerifier
+    from engine.evaluate import evaluate
+    from tests.fakes import FakeORM, FakePRM
+    from tests.test_program_verifier import FakeCoder
+
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    policy = FakeCoder()
+    search = SearchConfig(simulations=4, seed=3, similarity="edit", tool="program", programs=4)
+    components = _components(policy, search)
+    verifier = ProgramVerifier(policy, programs=4, temperature=0.7, max_tokens=64, seed=1)
+    components.critics = Critics(prm=FakePRM(), orm=FakeORM(), tool=verifier)
+    result = evaluate(
+        make_engine(db),
+        method="mcts",
+        problems=PROBLEMS[:2],
+        components=components,
+        settings=EvalSettings(search=search),
+    )
+    found = diagnose_mcts.diagnose(db, result.run_id)
+    assert found["programs"] == {
+        "written": 8,
+        "with_a_verdict": 4,  # of each problem's four programs, one loops and one imports
+        "right": 2,  # 3 + 4 = 7 is right, 3 * 4 = 12 is not
+        "problems_where_their_majority_is_right": 2,
+    }
+    assert found["critic_auc"]["tool_answered"]["n"] > 0

@@ -692,3 +692,30 @@ def test_eval_cmd_imports_on_its_own() -> None:
     code = "import canopy.eval_cmd, canopy.cli; assert 'eval' in canopy.cli.make_parser().format_help()"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_best_of_n_after_self_consistency_reranks_its_samples(engine, tmp_path) -> None:
+    policy = FakePolicy()
+    components = _components(policy, _settings().search)
+    report = compare(
+        engine,
+        methods=["self-consistency", "best-of-n"],
+        problems=PROBLEMS[:2],
+        components=components,
+        settings=_settings(),
+        out_dir=tmp_path,
+        png=False,
+    )
+    sampled, reranked = report.results
+    assert [call for call in policy.calls if call[0] == "complete"] == [("complete", 4)] * 2, (
+        "only self-consistency drew samples"
+    )
+    _, _, sc_nodes = _rows(engine, sampled.run_id)
+    _, _, bon_nodes = _rows(engine, reranked.run_id)
+    assert [[n.option_text for n in rows] for rows in sc_nodes.values()] == [
+        [n.option_text for n in rows] for rows in bon_nodes.values()
+    ]
+    assert [r.generated_tokens for r in reranked.records] == [r.generated_tokens for r in sampled.records]
+    assert all(n.orm_score is not None for rows in bon_nodes.values() for n in rows if n.parent_index >= 0)
+    with Session(engine) as session:
+        assert session.get(schema.Run, reranked.run_id).config["meta"]["samples_from_run"] == sampled.run_id
