@@ -225,6 +225,10 @@ class PolicyStats:
             (PRM/ORM prompts, value-head states).
         cached_tokens: prefix tokens served from the prefix cache instead.
         generate_seconds: wall seconds spent inside ``propose``/``complete``.
+        decode_steps: batched decode calls made while sampling (0 where the
+            backend does not count them).
+        decode_rows: sequences those calls decoded in all; ``decode_rows /
+            decode_steps`` is the mean batch size reached.
     """
 
     generated_tokens: int = 0
@@ -232,6 +236,8 @@ class PolicyStats:
     scoring_prefill_tokens: int = 0
     cached_tokens: int = 0
     generate_seconds: float = 0.0
+    decode_steps: int = 0
+    decode_rows: int = 0
 
 
 @dataclass(frozen=True)

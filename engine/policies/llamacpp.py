@@ -563,6 +563,8 @@ class LlamaCppPolicy:
             batch.logits[row] = True
         context = self.llama._ctx
         context.decode(self._batch)
+        self._stats.decode_steps += 1
+        self._stats.decode_rows += len(feed)
         return [
             np.ctypeslib.as_array(context.get_logits_ith(row), shape=(self.n_vocab,)).copy()
             for row in range(len(feed))
