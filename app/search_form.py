@@ -11,7 +11,18 @@ from typing import Any
 import streamlit as st
 
 SECTIONS: dict[str, tuple[str, list[str]]] = {
-    "search": ("Search", ["simulations", "seed", "selection", "c", "answer_selection"]),
+    "search": (
+        "Search",
+        [
+            "simulations",
+            "parallel_simulations",
+            "seed",
+            "selection",
+            "c",
+            "answer_selection",
+            "stop_when_settled",
+        ],
+    ),
     "branching": (
         "Branching: how many children a node gets",
         [
@@ -36,6 +47,7 @@ SECTIONS: dict[str, tuple[str, list[str]]] = {
             "programs",
             "program_temperature",
             "program_max_tokens",
+            "program_votes",
         ],
     ),
     "rollouts": (
