@@ -311,19 +311,17 @@ def node_detail(
 
 
 def program_checks(programs: pd.DataFrame, answers: list[str]) -> None:
-    """The program checker's evidence: each program, what it printed, and
-    whether its result agrees with the answers this node reached."""
+    """The program checker's evidence: each program's result, whether it agrees
+    with the answers this node reached, and (expanded) its code and output."""
     verdicts = [v for v in programs["verdict"] if data.present(v)]
     st.caption(
         f"Program checker: {len(programs)} programs written for this problem, {len(verdicts)} gave a "
-        "result. The tool score of a trajectory is the share of those results equal to its answer."
+        "result. A trajectory's tool score is the share of those results equal to its answer."
     )
     st.dataframe(
         pd.DataFrame(
             {
-                "program": programs["text"],
-                "status": programs["status"],
-                "printed": programs["output"],
+                "program": [f"#{int(i) + 1}" for i in programs["index"]],
                 "result": programs["verdict"],
                 "agrees with this node's answers": [
                     None
@@ -331,12 +329,22 @@ def program_checks(programs: pd.DataFrame, answers: list[str]) -> None:
                     else ", ".join(a for a in answers if answers_match(a, str(verdict))) or "no"
                     for verdict in programs["verdict"]
                 ],
+                "status": programs["status"],
                 "error": programs["error"],
             }
         ),
         hide_index=True,
-        column_config={"program": st.column_config.TextColumn(width="large")},
     )
+    with st.expander("The programs, as written and what they printed"):
+        for row in programs.itertuples(index=False):
+            st.caption(f"Program #{int(row.index) + 1}: {row.status}, result {row.verdict or 'none'}")
+            untrusted(row.text)
+            if str(row.output).strip():
+                st.caption("Printed")
+                untrusted(row.output)
+            if str(row.error).strip():
+                st.caption("Error (the program gave no verdict)")
+                untrusted(row.error)
 
 
 def run_message(state: str, error: Any) -> None:

@@ -147,11 +147,12 @@ def test_trees_node_detail_shows_everything(seeded: SeedInfo, use_db) -> None:
     critics = next(f for f in frames if "critic" in f.columns)
     assert [name.split(":")[0] for name in critics["critic"]] == ["Value", "PRM", "ORM", "Tool", "Combined"]
     assert any("completion" in f.columns for f in frames), "rollouts table"
-    checks = next(f for f in frames if "program" in f.columns)
+    checks = next(f for f in frames if "result" in f.columns)
     assert list(checks["result"].fillna("none")) == ["15", "23", "none"]
     assert list(checks["status"]) == ["ok", "ok", "error"]
     assert "Import not supported" in checks["error"].iloc[2], "the interpreter's message is shown"
     assert any(c.startswith("Program checker: 3 programs") for c in texts(app, "caption"))
+    assert any(c.startswith("apples = 12 + 7 - 4") for c in texts(app, "code")), "each program's code"
 
 
 def test_filtered_siblings_listed_with_similarity(seeded: SeedInfo, use_db) -> None:
