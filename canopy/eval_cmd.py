@@ -192,8 +192,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.ablation:
         # One set of components for every row: the last row turns every component on.
         search = ablation_configs(search, value_head=critic_models.value is not None)[-1][1]
+    # Best-of-N reranks with the ORM and beam search follows the PRM whatever weight the
+    # search gives them: load them (at weight 0 the search itself still ignores them).
+    loaded = search.with_overrides(
+        weight_orm=1.0 if "best-of-n" in methods else search.weight_orm,
+        weight_prm=1.0 if "beam" in methods else search.weight_prm,
+    )
     components = load_components(
-        search,
+        loaded,
         critic_models,
         model=model,
         rollout_model=rollout_model,

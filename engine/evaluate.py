@@ -149,7 +149,7 @@ def evaluate(
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if not problems:
         raise ConfigError("no problems to evaluate")
-    if method == "beam" and components.critics.weights(settings.search)["prm"] == 0:
+    if method == "beam" and components.critics.prm is None:
         raise ConfigError("beam search is PRM-guided: set weight_prm > 0")
     policy = components.policy
     if run_id is None:

@@ -719,3 +719,22 @@ def test_best_of_n_after_self_consistency_reranks_its_samples(engine, tmp_path) 
     assert all(n.orm_score is not None for rows in bon_nodes.values() for n in rows if n.parent_index >= 0)
     with Session(engine) as session:
         assert session.get(schema.Run, reranked.run_id).config["meta"]["samples_from_run"] == sampled.run_id
+
+
+def test_best_of_n_keeps_its_orm_when_the_search_turns_the_orm_off(tmp_path, capsys, fake_model) -> None:
+    from canopy.eval_cmd import cmd_eval
+
+    db = str(tmp_path / "orm.db")
+    argv = ["--compare", "greedy,best-of-n,mcts", "--n-problems", "1", "--simulations", "3", "--db", db]
+    argv += ["--weight-orm", "0", "--out", str(tmp_path / "report"), "--no-png", "--json"]
+    assert cmd_eval(_args(*argv)) == 0
+    report = json.loads(capsys.readouterr().out)
+    best, search = report["results"][1], report["results"][2]
+    with Session(make_engine(db)) as session:
+        best_tree = session.get(schema.Tree, best["records"][0]["tree_id"])
+        search_run = session.get(schema.Run, search["run_id"])
+    assert "orm" in best_tree.answers, "best-of-N reranked with the ORM"
+    assert (
+        search_run.critics["orm"]["active"] is False
+        and search_run.config["settings"]["search"]["weight_orm"] == 0
+    )
