@@ -199,7 +199,7 @@ class HFPolicy:
         temperature: float,
         seed: int,
     ) -> list[Option]:
-        generators = [torch.Generator().manual_seed(seed)]
+        generators = [torch.Generator(self.device).manual_seed(seed)]
         [options] = self._sample(
             [state], [k], generators, termination, max_tokens, temperature, keep_states=True
         )
@@ -220,7 +220,7 @@ class HFPolicy:
         return self._sample(
             [request.state for request in requests],
             [request.k for request in requests],
-            [torch.Generator().manual_seed(request.seed) for request in requests],
+            [torch.Generator(self.device).manual_seed(request.seed) for request in requests],
             termination,
             max_tokens,
             temperature,
@@ -237,7 +237,7 @@ class HFPolicy:
         temperature: float,
         seed: int,
     ) -> list[list[Option]]:
-        generators = [torch.Generator().manual_seed(seed)]
+        generators = [torch.Generator(self.device).manual_seed(seed)]
         return self._sample(
             states, [n] * len(states), generators, termination, max_tokens, temperature, keep_states=False
         )
@@ -390,7 +390,8 @@ class HFPolicy:
         """
         hidden = self._read_batch([self.chat_ids(system, user) for system, user in prompts])
         with torch.inference_mode():
-            logits = self.model.get_output_embeddings()(hidden.to(self.device)).float()
+            head = self.model.get_output_embeddings()
+            logits = head(hidden.to(self.device, head.weight.dtype)).float()
         probs = torch.softmax(logits, dim=-1)
         p_true = probs[:, self.true_ids].sum(dim=-1)
         p_false = probs[:, self.false_ids].sum(dim=-1)
