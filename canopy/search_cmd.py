@@ -20,7 +20,6 @@ from canopy.common import (
     search_settings,
 )
 from canopy.errors import UsageError
-from engine.defaults import search_defaults
 
 
 def add_search_parser(subcommands) -> argparse.ArgumentParser:
@@ -92,7 +91,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         model, rollout_model, done = run.model, run.rollout_model, tree_row.simulations_done
         run_ids.append(args.resume)
     else:
-        config, critic_models = search_settings(args, base=search_defaults(args.task))
+        config, critic_models = search_settings(args)
         problem = _problem(args)
         model, rollout_model, done = args.model, args.rollout_model, 0
         check_models(model, rollout_model)

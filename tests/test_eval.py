@@ -738,3 +738,23 @@ def test_best_of_n_keeps_its_orm_when_the_search_turns_the_orm_off(tmp_path, cap
         search_run.critics["orm"]["active"] is False
         and search_run.config["settings"]["search"]["weight_orm"] == 0
     )
+
+
+def test_eval_starts_from_the_tasks_settings(tmp_path, capsys, fake_model) -> None:
+    from canopy.eval_cmd import cmd_eval
+    from engine.defaults import eval_defaults, search_defaults
+
+    db = str(tmp_path / "defaults.db")
+    assert cmd_eval(_args("--method", "greedy", "--n-problems", "1", "--db", db, "--json")) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    assert (
+        cmd_eval(_args("--method", "greedy", "--n-problems", "1", "--db", db, "--json", "--programs", "3"))
+        == 0
+    )
+    flagged = json.loads(capsys.readouterr().out)["run_id"]
+    with Session(make_engine(db)) as session:
+        stored = session.get(schema.Run, run_id).config["settings"]
+        overridden = session.get(schema.Run, flagged).config["settings"]["search"]
+    expected = SearchConfig.from_dict(search_defaults("arithmetic")).to_dict()
+    assert stored["search"] == expected and stored["max_tokens"] == eval_defaults("arithmetic")["max_tokens"]
+    assert overridden["programs"] == 3 and overridden["tool"] == expected["tool"], "flags win over the task's"
