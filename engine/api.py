@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 from engine.answer_selection import choose_answers
 from engine.config import CriticModels, SearchConfig
 from engine.critics import Critics
-from engine.errors import RunNotResumable
+from engine.errors import CriticCheckpointError, RunNotResumable, ValueCheckpointError
 from engine.persist import (
     StoreSink,
     create_run,
@@ -107,14 +107,21 @@ def build_components(
         head, head_config = load_value_head(critic_models.value)
         # Backends that read no hidden states get the value model as its own HF model.
         reader = policy if isinstance(policy, HiddenStateReader) else load_policy(model, backend="hf")
+        hidden_size = reader.last_hidden([reader.root_state(TOKENIZER_PROBE)]).shape[-1]
+        if hidden_size != head.hidden_size:
+            raise ValueCheckpointError(
+                f"the value head {critic_models.value} reads hidden states of size {head.hidden_size} "
+                f"(trained on {head_config.get('base_model')}), but {model} gives {hidden_size}; "
+                "train a value head for this policy"
+            )
         value = ValueHeadCritic(head, reader)
         value_source = f"checkpoint {critic_models.value} (trained on {head_config.get('base_model')})"
     # A trained PRM/ORM is its own HF model; without one the policy answers the rubric itself.
     prm, orm = None, None
     if config.weight_prm > 0:
-        prm = GenerativePRM(load_policy(critic_models.prm, backend="hf") if critic_models.prm else policy)
+        prm = GenerativePRM(_critic_model("prm", critic_models.prm, policy) if critic_models.prm else policy)
     if config.weight_orm > 0:
-        orm = GenerativeORM(load_policy(critic_models.orm, backend="hf") if critic_models.orm else policy)
+        orm = GenerativeORM(_critic_model("orm", critic_models.orm, policy) if critic_models.orm else policy)
     tool = None
     if config.weight_tool > 0 and config.tool == "program":
         tool = ProgramVerifier(
@@ -139,6 +146,25 @@ def build_components(
     }
     similarity = None if config.similarity == "off" else make_similarity(config.similarity)
     return Components(policy, rollout_policy, critics, similarity, critic_models, sources)
+
+
+TOKENIZER_PROBE = "Tom buys 3 apples at $1.25 each; 3 * 1.25 = 3.75. The answer is 3.75."
+"""Text a trained critic's tokenizer must split exactly as the policy's does."""
+
+
+def _critic_model(name: str, path: str, policy: Policy) -> Policy:
+    """The trained PRM/ORM at ``path`` (an HF folder), refused with one line when
+    its tokenizer splits text differently from the policy's: it was trained for
+    another model, and its rubric prompts would not mean what they meant in training."""
+    from engine.policies import load_policy
+
+    critic = load_policy(path, backend="hf")
+    if critic.extend((), TOKENIZER_PROBE) != policy.extend((), TOKENIZER_PROBE):
+        raise CriticCheckpointError(
+            f"the {name.upper()} checkpoint {path} does not use the policy {policy.name}'s tokenizer; "
+            f"train one from {policy.name} (canopy improve) or drop --{name}-checkpoint"
+        )
+    return critic
 
 
 def stored_critic_models(run: schema.Run) -> CriticModels:

@@ -24,7 +24,11 @@ class BackendError(CanopyError, ValueError):
     """A backend cannot be used as asked; the message names the fix."""
 
 
-class ValueCheckpointError(CanopyError, ValueError):
+class CriticCheckpointError(CanopyError, ValueError):
+    """A trained critic's checkpoint is missing, broken, or made for another model."""
+
+
+class ValueCheckpointError(CriticCheckpointError):
     """A value-head checkpoint is missing, broken, or made for another model."""
 
 
