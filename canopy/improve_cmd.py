@@ -37,7 +37,7 @@ def _default(spec) -> Any:
 
 def add_improve_parser(subcommands) -> argparse.ArgumentParser:
     """Add the ``improve`` subcommand to ``subcommands`` (argparse's subparsers)."""
-    from training.improve_config import ImproveConfig
+    from training.improve_config import LOOP_BACKENDS, ImproveConfig
 
     parser = subcommands.add_parser(
         "improve",
@@ -64,6 +64,8 @@ def add_improve_parser(subcommands) -> argparse.ArgumentParser:
             kwargs["type"] = int
         if spec.name == "task":
             kwargs["choices"] = TASKS
+        if spec.name == "backend":
+            kwargs["choices"] = LOOP_BACKENDS
         shown = default if default not in ("", None) else "none"
         if spec.name == "checkpoints":
             shown = "<canopy cache>/checkpoints"

@@ -308,20 +308,26 @@ def prepare_hf_dir(spec: ModelSpec, *, progress: ProgressFn | None = None) -> Pa
 def gguf_path(spec: ModelSpec, *, progress: ProgressFn | None = None) -> Path:
     """The GGUF file behind ``spec``, for backends that read GGUF directly
     (llama.cpp): a preset's shipped file (a chunked preset is assembled and
-    verified on first use) or a user's ``.gguf`` file.
+    verified on first use), a user's ``.gguf`` file, or a local HF directory
+    (say an improve round's checkpoint) converted once by llama.cpp's own
+    converter (``engine.gguf_export.converted_gguf``).
 
     Raises:
-        ModelError: an HF directory or hub id (no GGUF file), an embedding or
-            uninstalled preset, or a corrupt chunked download.
+        ModelError: a hub id (no local weights), an embedding or uninstalled
+            preset, a corrupt chunked download, or a failed conversion.
     """
     if spec.kind == "gguf":
         return Path(spec.path)
     if spec.kind == "preset":
         return _preset_gguf(_policy_preset(spec), progress)
-    what = "a Hugging Face directory" if spec.kind == "hf_dir" else "a hub id"
+    if spec.kind == "hf_dir":
+        from engine.gguf_export import converted_gguf
+
+        return converted_gguf(Path(spec.path))
+    presets = ", ".join(p.name for p in PRESETS.values() if p.role == "policy")
     raise ModelError(
-        f"{spec.name!r} is {what}, not a GGUF file; pass a .gguf file or a GGUF preset "
-        f"({', '.join(p.name for p in PRESETS.values() if p.role == 'policy')}), or use the hf backend"
+        f"{spec.name!r} is a hub id, not a local file; pass a .gguf file, a local HF directory "
+        f"or a GGUF preset ({presets}), or use the hf backend"
     )
 
 

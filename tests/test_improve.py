@@ -3,7 +3,9 @@ that trains, evaluates, survives a crash and resumes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -121,8 +123,21 @@ def _tiny(tmp_path: Path) -> ImproveConfig:
 
 @pytest.mark.slow
 def test_tiny_loop_trains_evaluates_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On llamacpp where it is installed (CI): the round's trained policy is
+    converted to GGUF once and searched there; training stays on transformers."""
+    from engine import gguf_export
+
     engine = make_engine(f"sqlite:///{tmp_path / 'loop.db'}")
-    config = _tiny(tmp_path)
+    on_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
+    config = replace(_tiny(tmp_path), backend="llamacpp" if on_llama_cpp else "hf")
+    conversions: list[Path] = []
+    real_convert = gguf_export.hf_to_gguf
+
+    def counted_convert(hf_dir, out, **kwargs):
+        conversions.append(Path(hf_dir))
+        return real_convert(hf_dir, out, **kwargs)
+
+    monkeypatch.setattr(gguf_export, "hf_to_gguf", counted_convert)
     real_train = improve_stages.train_checkpoint
     crashed = []
 
@@ -171,6 +186,9 @@ def test_tiny_loop_trains_evaluates_and_resumes(tmp_path: Path, monkeypatch: pyt
     changed = [name for name in before if name in after and not torch.equal(before[name], after[name])]
     assert changed, "SFT left every weight unchanged"
     assert Path(checkpoints["value"], "value_head.pt").is_file()
+    if on_llama_cpp:  # converted once (by the first evaluation after the crash), reused by the next
+        assert conversions == [Path(checkpoints["policy"]).resolve()]
+        assert Path(checkpoints["policy"], "gguf", "model-q8_0.gguf").is_file()
     eval_run = done.metrics["runs"]["eval_mcts"]
     with Session(engine) as session:
         run = session.get(schema.Run, eval_run)

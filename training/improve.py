@@ -21,9 +21,9 @@ with nothing to learn from (say no trajectory passed the ORM threshold) is
 skipped with its reason in ``IterationMetrics.skipped`` and the previous
 checkpoint is kept.
 
-Trained checkpoints are Hugging Face directories, so they run on the ``hf``
-backend (which this loop uses) and on ``vllm``; llama.cpp needs a GGUF, which
-llama.cpp's ``convert_hf_to_gguf.py`` makes (not shipped with llama-cpp-python).
+Trained checkpoints are Hugging Face directories. Searches and evaluations
+load them on ``ImproveConfig.backend``: ``hf`` and ``vllm`` read the folder,
+``llamacpp`` a GGUF converted from it once (``engine.gguf_export``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ from training.rubric_config import RubricTrainConfig
 from training.sft_config import SFTTrainConfig
 from training.value_config import ValueTrainConfig
 
+LOOP_BACKENDS = ("hf", "llamacpp", "vllm")
+"""Backends that load each round's checkpoint themselves."""
+
 
 def _help(text: str) -> dict[str, Any]:
     return {"help": text}
@@ -24,6 +27,13 @@ class ImproveConfig:
     resume runs with the same settings. Validated on construction."""
 
     model: str = field(metadata=_help("Starting policy: a preset, local HF directory or .gguf file."))
+    backend: str = field(
+        default="hf",
+        metadata=_help(
+            "Backend of the searches and evaluations: hf, llamacpp (a trained policy is converted "
+            "to GGUF once) or vllm. Training always runs on transformers."
+        ),
+    )
     task: str = field(default="arithmetic", metadata=_help("arithmetic or gsm8k."))
     data: str | None = field(default=None, metadata=_help("GSM8K-format JSONL file (task gsm8k)."))
     steps: int = field(default=2, metadata=_help("Arithmetic difficulty: operations per problem."))
@@ -48,6 +58,11 @@ class ImproveConfig:
                 raise ConfigError(message)
 
         need(bool(self.model.strip()), "model is empty; pass a preset such as smollm2-135m")
+        need(
+            self.backend in LOOP_BACKENDS,
+            f"backend must be one of {', '.join(LOOP_BACKENDS)}, got {self.backend!r} "
+            "(the openai backend serves one fixed model, not each round's checkpoint)",
+        )
         need(self.task in ("arithmetic", "gsm8k"), f"task must be arithmetic or gsm8k, got {self.task!r}")
         need(self.task == "gsm8k" or self.data is None, "--data is for task gsm8k only")
         need(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")
