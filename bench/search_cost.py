@@ -21,6 +21,12 @@ second inside the batched search, over raw decode tokens per second),
 ``speedup_vs_sequential``, ``accuracy_mcts``, ``accuracy_sc``,
 ``accuracy_greedy``, ``peak_rss_mb``, ``mean_batch``, and the settings. Run it
 on an idle machine: it reports the load average it started and ended with.
+
+``critic_prefill`` counts tokens, not seconds (so any load will do): MCTS with
+the generative PRM and ORM on (weight 1) over the first ``--critic-problems``
+problems, the prompt tokens the critics read per scored prompt against the
+tokens of the step each prompt is about (the newest step), with each rubric's
+prefix kept (``llamacpp``'s rubric sequences) and, on ``llamacpp``, without.
 """
 
 from __future__ import annotations
@@ -75,6 +81,52 @@ def _raw_tokens_per_s(policy, state: tuple[int, ...], batch: int, tokens: int) -
     return sum(len(option.token_ids) for option in options) / (time.perf_counter() - started)
 
 
+class _PromptCounter:
+    """Counts the prompts a critic scores and the tokens of the newest step each is about."""
+
+    def __init__(self, policy) -> None:
+        self.policy, self.prompts, self.step_tokens = policy, 0, 0
+
+    def wrap(self, score):
+        def counted(requests):
+            self.prompts += len(requests)
+            self.step_tokens += sum(
+                len(self.policy.extend((), r.steps[-1] if r.steps else "")) for r in requests
+            )
+            return score(requests)
+
+        return counted
+
+
+def _critic_prefill(args: argparse.Namespace, problems, search: SearchConfig) -> dict:
+    """Critic prompt tokens read per scored prompt, with and without rubric prefixes kept."""
+    config = search.with_overrides(weight_prm=1.0, weight_orm=1.0, parallel_simulations=1)
+    settings = EvalSettings(**eval_defaults(args.task), search=config)
+    report = {"problems": min(args.critic_problems, len(problems))}
+    variants = (
+        {"kept": {}, "not_kept": {"rubric_sequences": 0}} if args.backend == "llamacpp" else {"kept": {}}
+    )
+    for name, options in variants.items():
+        policy = load_policy(args.model, backend=args.backend, **options)
+        components = build_components(config, model=args.model, policy=policy)
+        counts = _PromptCounter(policy)
+        prm, orm = components.critics.prm, components.critics.orm
+        prm.score_steps = counts.wrap(prm.score_steps)
+        orm.score_outcomes = counts.wrap(orm.score_outcomes)
+        with tempfile.TemporaryDirectory() as folder:
+            engine = make_engine(f"sqlite:///{Path(folder) / 'critics.db'}")
+            _, work = _run(engine, "mcts", problems[: report["problems"]], components, settings)
+        prompts = max(counts.prompts, 1)
+        report[name] = {
+            "scored_prompts": counts.prompts,
+            "prefill_per_prompt": round(work["scoring_prefill_tokens"] / prompts, 1),
+            "step_tokens_per_prompt": round(counts.step_tokens / prompts, 1),
+            "prefill_over_step_tokens": round(work["scoring_prefill_tokens"] / max(counts.step_tokens, 1), 3),
+        }
+        del policy, components
+    return report
+
+
 def measure(args: argparse.Namespace) -> dict:
     load_at_start = os.getloadavg()
     problems = load_problems(args.task, data=args.data, count=args.offset + args.n_problems)[args.offset :]
@@ -103,6 +155,7 @@ def measure(args: argparse.Namespace) -> dict:
         mcts_work[key] for key in ("generated_tokens", "prefill_tokens", "scoring_prefill_tokens")
     )
     n = len(problems)
+    critic_prefill = _critic_prefill(args, problems, batched) if args.critic_problems > 0 else None
     return {
         "model": args.model,
         "backend": args.backend,
@@ -131,6 +184,7 @@ def measure(args: argparse.Namespace) -> dict:
         "accuracy_sequential": one_by_one.accuracy,
         "accuracy_sc": sc.accuracy,
         "accuracy_greedy": greedy.accuracy,
+        "critic_prefill": critic_prefill,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "search": batched.to_dict(),
         "load_average": {"start": load_at_start, "end": os.getloadavg()},
@@ -148,13 +202,32 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parallel-simulations", type=int, default=3)
     parser.add_argument("--config", help="TOML/JSON search settings instead of the task's defaults.")
     parser.add_argument("--raw-tokens", type=int, default=128, help="Length of the raw decode samples.")
+    parser.add_argument(
+        "--critic-problems", type=int, default=3, help="Problems of the critic-prefill count (0: skip it)."
+    )
+    parser.add_argument(
+        "--only-critic-prefill", action="store_true", help="Count critic prefill only (no timings)."
+    )
     parser.add_argument("--out", help="Also write the JSON here.")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    report = measure(args)
+    if args.only_critic_prefill:
+        problems = load_problems(args.task, data=args.data, count=args.offset + args.n_problems)[
+            args.offset :
+        ]
+        search = {**search_defaults(args.task), **(load_config_file(args.config) if args.config else {})}
+        report = {
+            "model": args.model,
+            "backend": args.backend,
+            "task": args.task,
+            "offset": args.offset,
+            "critic_prefill": _critic_prefill(args, problems, SearchConfig.from_dict(search)),
+        }
+    else:
+        report = measure(args)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

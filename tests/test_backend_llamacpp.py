@@ -288,6 +288,45 @@ def test_score_true_is_a_probability_and_reuses_the_prompt_prefix(policy) -> Non
     assert reread < prompt_tokens / 2, "the shared prefix was re-read"
 
 
+def test_each_rubric_keeps_its_prefix_and_leaves_the_policy_state_cached(f32_policy) -> None:
+    """PRM and ORM prompts alternate (as in a search) on their own sequences:
+    each reads only what differs from its rubric's previous prompt, the scores
+    equal a reading from scratch (F32 weights), and sampling's state on
+    sequence 0 stays cached."""
+    from engine.critics.generative import GenerativeORM
+
+    plain = LlamaCppPolicy(
+        f32_policy.llama.model_path, name="plain", n_ctx=1024, n_threads=1, rubric_sequences=0
+    )
+    steps = [
+        "Each box has 6 pens.",
+        "4 * 6 = 24 pens in all.",
+        "He gives 5 away: 24 - 5 = 19.",
+        "The answer is 19.",
+    ]
+    state = f32_policy.extend(f32_policy.root_state(QUESTION), steps[0])
+    f32_policy.state_logits(state)
+    ours, theirs, reads = [], [], []
+    for depth in range(1, len(steps) + 1):
+        request = TrajectoryRequest(QUESTION, tuple(steps[:depth]), finished=depth == len(steps))
+        for policy, out in ((f32_policy, ours), (plain, theirs)):
+            before = policy.stats().scoring_prefill_tokens
+            out.extend(GenerativePRM(policy).score_steps([request]))
+            out.extend(GenerativeORM(policy).score_outcomes([request]))
+            if policy is f32_policy:
+                reads.append(policy.stats().scoring_prefill_tokens - before)
+    assert ours == pytest.approx(theirs, abs=1e-3)
+    # After each rubric's first prompt, a deeper prompt reads its new step and the
+    # closing question (about 25 tokens with the chat template's end) per rubric.
+    for depth in range(2, len(steps) + 1):
+        new_step = len(f32_policy.vocab.encode(f"Step {depth}: {steps[depth - 1]}"))
+        assert reads[depth - 1] <= 2 * (new_step + 30), (depth, reads, new_step)
+    assert sum(reads) < 0.5 * plain.stats().scoring_prefill_tokens
+    cached = f32_policy.stats().cached_tokens
+    f32_policy.state_logits(state)
+    assert f32_policy.stats().cached_tokens - cached == len(state), "a critic evicted the policy's state"
+
+
 def test_a_search_runs_on_it(policy) -> None:
     config = SearchConfig(
         simulations=3,
@@ -343,10 +382,28 @@ def test_a_search_of_two_simulations_per_step_runs_and_is_stored(policy, tmp_pat
     assert reloaded.simulations_done == 4
 
 
-def test_reads_no_hidden_states_so_the_value_head_gets_its_own_model(policy) -> None:
+def test_hidden_states_match_the_hf_backend_and_leave_sampling_alone(f32_policy) -> None:
+    """The value head's input from the policy's own context: on the same (F32)
+    weights it is the hf backend's last hidden state, and reading it changes
+    neither the cache's logits nor what is sampled next."""
     from engine.types import HiddenStateReader
 
-    assert not isinstance(policy, HiddenStateReader), "build_components loads an hf reader instead"
+    assert isinstance(f32_policy, HiddenStateReader)  # build_components loads no second model
+    hf = load_policy(MODEL, backend="hf")
+    steps = ["Step 1: 4 boxes times 6 pens is 24 pens.", "Step 1: He has 10 pens.", "First,"]
+    states = [f32_policy.extend(f32_policy.root_state(QUESTION), step) for step in steps]
+    assert states == [hf.extend(hf.root_state(QUESTION), step) for step in steps]
+    before = f32_policy.state_logits(states[0]).copy()
+    drawn = _propose(f32_policy, states[0], seed=11)
+    ours = f32_policy.last_hidden(states).numpy()
+    theirs = hf.last_hidden(states).float().numpy()
+    assert ours.shape == theirs.shape == (3, hf.model.config.hidden_size)
+    cosine = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+    assert cosine.min() > 0.9999, cosine
+    assert np.abs(ours - theirs).max() < 0.05 * np.abs(theirs).max()
+    f32_policy.logits = type(f32_policy.logits)(f32_policy.logits.max_bytes)  # force a fresh decode
+    assert np.allclose(f32_policy.state_logits(states[0]), before, atol=1e-3)
+    assert [o.token_ids for o in _propose(f32_policy, states[0], seed=11)] == [o.token_ids for o in drawn]
 
 
 def test_load_errors_are_one_line_and_name_the_fix(tmp_path, monkeypatch) -> None:
@@ -357,7 +414,9 @@ def test_load_errors_are_one_line_and_name_the_fix(tmp_path, monkeypatch) -> Non
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()
     (hf_dir / "config.json").write_text("{}")
-    with pytest.raises(BackendError, match="reads GGUF files.*not a GGUF file"):
+    # An HF directory is converted to GGUF first: without a converter that fails in one line.
+    monkeypatch.setenv("CANOPY_LLAMA_CPP_DIR", str(tmp_path / "no-llama.cpp"))
+    with pytest.raises(BackendError, match="reads GGUF files.*holds no convert_hf_to_gguf.py"):
         load_policy(str(hf_dir), backend="llamacpp")
     with pytest.raises(BackendError, match="unknown backend"):
         load_policy(MODEL, backend="tgi")

@@ -19,7 +19,7 @@ _spec.loader.exec_module(search_cost)
 
 def test_the_report_has_every_key(tmp_path, monkeypatch, capsys) -> None:
     policy = FakePolicy()
-    monkeypatch.setattr(search_cost, "load_policy", lambda model, backend: policy)
+    monkeypatch.setattr(search_cost, "load_policy", lambda model, backend, **options: policy)
     monkeypatch.setattr(
         search_cost, "build_components", lambda config, model, policy: fake_components(policy, config)
     )
@@ -48,3 +48,8 @@ def test_the_report_has_every_key(tmp_path, monkeypatch, capsys) -> None:
     assert report["problems"] == 2 and report["parallel_simulations"] == 2
     assert report["search"]["simulations"] == 6 and report["sc_samples"] >= 1
     assert report["generated_tokens_per_problem"]["mcts"] > 0 and report["raw_tokens_per_s"] > 0
+    critics = report["critic_prefill"]
+    assert critics["problems"] == 2 and critics["kept"]["scored_prompts"] > 0
+    assert critics["kept"]["step_tokens_per_prompt"] > 0
+    # llamacpp (the default backend) is counted without rubric prefixes too: the same search.
+    assert critics["not_kept"]["scored_prompts"] == critics["kept"]["scored_prompts"]

@@ -321,3 +321,16 @@ def test_value_head_trains_on_frozen_features_and_scores(tmp_path: Path, base_po
         ]
     )
     assert 0 <= bad < good <= 1
+
+
+def test_value_targets_are_balanced_so_the_head_cannot_collapse() -> None:
+    from training.value_trainer import balanced_weights
+
+    targets = torch.tensor([0.0, 0.0, 0.0, 0.2, 1.0, 0.5])
+    weights = balanced_weights(targets, torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 3.0]))
+    high = targets >= 0.5
+    assert torch.isclose(weights[high].sum(), weights[~high].sum())
+    assert torch.isclose(weights.sum(), torch.tensor(8.0))  # the total is kept
+    assert torch.isclose(weights[5] / weights[4], torch.tensor(3.0))  # and the ratios within a side
+    one_sided = torch.tensor([2.0, 1.0])
+    assert torch.equal(balanced_weights(torch.tensor([0.0, 0.1]), one_sided), one_sided)

@@ -112,11 +112,18 @@ def round_stages(config: ImproveConfig, round_number: int) -> list[Stage]:
         Stage("search", search_training_problems),
         Stage("mine", mine_search_trees),
         *policy,
-        _trained("value", train_value, config.value),
+        # The head is trained on the hidden states of the backend it will score on.
+        _trained("value", partial(train_value, backend=_hidden_state_backend(config)), config.value),
         _trained("prm", train_prm, config.prm),
         _trained("orm", train_orm, config.orm),
         *evaluation,
     ]
+
+
+def _hidden_state_backend(config: ImproveConfig) -> str:
+    """Where the searches read hidden states: ``llamacpp`` from its own context,
+    otherwise (``hf``, and ``vllm``, which gives none) a transformers model."""
+    return "llamacpp" if config.backend == "llamacpp" else "hf"
 
 
 def _trained(kind: str, train: TrainFn, settings: TrainConfig) -> Stage:
@@ -211,6 +218,7 @@ def _evaluate(context: IterationContext, *, run_key: str, method: str, problems:
     run of ``run_key`` if one was begun."""
     from engine.api import build_components
     from engine.evaluate import evaluate
+    from engine.policies import load_policy
 
     checkpoints = context.checkpoints()
     search = context.config.search
@@ -218,6 +226,7 @@ def _evaluate(context: IterationContext, *, run_key: str, method: str, problems:
         search,
         model=checkpoints.policy,
         critic_models=CriticModels(value=checkpoints.value, prm=checkpoints.prm, orm=checkpoints.orm),
+        policy=load_policy(checkpoints.policy, backend=context.config.backend),
     )
 
     def remember(run_id: int) -> None:

@@ -31,6 +31,13 @@ class ValueTrainConfig(TrainConfig):
     )
     inner_size: int = field(default=256, metadata=_help("Width of the MLP's hidden layer (>= 1)."))
     weight_decay: float = field(default=0.0, metadata=_help("Adam weight decay (>= 0)."))
+    balance_classes: bool = field(
+        default=True,
+        metadata=_help(
+            "Weight states so that those with return >= 0.5 and those below carry equal total weight "
+            "(a head trained on mostly failing states otherwise learns to say 'fails' everywhere)."
+        ),
+    )
     weight_by_count: bool = field(
         default=False,
         metadata=_help(

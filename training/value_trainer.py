@@ -29,10 +29,13 @@ def train_value(
     output_dir: str | Path,
     config: ValueTrainConfig,
     progress: ProgressFn | None = None,
+    backend: str = "hf",
 ) -> TrainResult:
     """Train a value head for ``base_model`` on value payloads (``question``,
     ``steps``, ``target`` in [0, 1], optional ``count``) and save it to
     ``output_dir`` (replaced atomically; a failed run leaves the old one intact).
+    The hidden states are read on ``backend`` (``hf`` or ``llamacpp``), the one
+    the head will score on.
 
     Raises:
         ConfigError: no examples, a payload missing a key, or a target outside [0, 1].
@@ -51,7 +54,8 @@ def train_value(
 
     say(progress, f"loading {base_model}")
     with quiet_progress_bars():
-        reader = load_policy(base_model, backend="hf", cache_bytes=256 << 20)
+        options = {"cache_bytes": 256 << 20} if backend == "hf" else {}
+        reader = load_policy(base_model, backend=backend, **options)
     states = [
         reader.extend(reader.root_state(example["question"]), "".join(example["steps"]))
         for example in examples
@@ -64,6 +68,8 @@ def train_value(
     targets = torch.tensor([float(example["target"]) for example in examples])
     counts = [float(example.get("count", 1)) if config.weight_by_count else 1.0 for example in examples]
     weights = torch.tensor(counts).clamp_min(0.0)
+    if config.balance_classes:
+        weights = balanced_weights(targets, weights)
     del reader
 
     generator = torch.Generator().manual_seed(config.seed)
@@ -113,3 +119,14 @@ def train_value(
         eval_loss=eval_loss,
         seconds=time.monotonic() - started,
     )
+
+
+def balanced_weights(targets, weights):
+    """``weights`` rescaled so that the states with target >= 0.5 and those below
+    carry equal shares of the total; unchanged when either side is empty."""
+    high = targets >= 0.5
+    total = weights.sum()
+    sides = (weights[high].sum(), weights[~high].sum())
+    if min(sides) <= 0:
+        return weights
+    return weights * (high * (total / 2 / sides[0]) + ~high * (total / 2 / sides[1]))

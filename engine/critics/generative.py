@@ -1,7 +1,11 @@
 """Generative critics: the policy model asked a rubric question, score = p("True").
 
-The prompt puts the problem first and the newest step last, so sibling prompts
-share a long token prefix that the backend reads once.
+The prompt puts the problem first, then the steps in order, then the question
+(for the PRM: about the newest step, named by its number). So a child's prompt
+extends its parent's up to the closing question, siblings share everything
+before their own step, and a backend that keeps a rubric's last prompt cached
+(``llamacpp``'s rubric sequences, ``hf``'s prefix cache) reads little more than
+the new step per scored node.
 """
 
 from __future__ import annotations
@@ -27,12 +31,11 @@ def _numbered(steps: Sequence[str]) -> str:
 
 
 def prm_prompt(request: TrajectoryRequest) -> str:
-    *earlier, newest = request.steps or ("",)
+    newest = sum(1 for step in request.steps if step.strip())
     return (
         f"Problem: {request.question.strip()}\n\n"
-        f"Earlier steps:\n{_numbered(earlier)}\n\n"
-        f"Newest step: {newest.strip()}\n\n"
-        "Is the newest step correct? Answer True or False."
+        f"Solution so far:\n{_numbered(request.steps)}\n\n"
+        f"Is step {newest} (the newest) correct? Answer True or False."
     )
 
 

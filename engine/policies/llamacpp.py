@@ -34,10 +34,11 @@ expanded with others may draw other options than alone, and a search with
 selection order; both stay deterministic under the seed (F32 weights give
 the same draws, see tests/test_backend_llamacpp.py).
 
-The value head needs hidden states, which this backend does not expose: a
-value model runs as its own HF model (``engine.policies.hf.HFPolicy`` loaded
-separately and passed as the ``reader`` of ``ValueHeadCritic``), so all three
-critics work with this policy.
+The value head reads hidden states from this same context (``last_hidden``:
+the state's last token is read again with llama.cpp's embedding output on), so
+a value critic costs one token per node and no second model; they match the
+``hf`` backend's hidden states of the same weights (F32: cosine 1.0, see
+tests/test_backend_llamacpp.py).
 """
 
 from __future__ import annotations
@@ -194,6 +195,11 @@ class LlamaCppPolicy:
         max_parallel: samples decoded together in one batch (each on its own
             llama.cpp sequence), of one state or of several (rollouts,
             ``propose_many``); 1 decodes them one after another.
+        rubric_sequences: sequences kept for the True/False critics'
+            prompts (``score_true``), one per rubric (system prompt), most
+            recently used kept: a prompt reuses the prefix its rubric's last
+            prompt left, and never evicts the policy's state. 0 reads the
+            prompts on sequence 0, as sampling does.
     """
 
     def __init__(
@@ -207,6 +213,7 @@ class LlamaCppPolicy:
         logits_bytes: int = 256 << 20,
         snapshot_bytes: int = 1 << 30,
         max_parallel: int = 8,
+        rubric_sequences: int = 2,
     ) -> None:
         import llama_cpp
         from llama_cpp import _internals
@@ -216,6 +223,8 @@ class LlamaCppPolicy:
         limit = min(llama_cpp.llama_max_parallel_sequences() - 1, n_ctx, 512)
         if not 1 <= max_parallel <= limit:
             raise ValueError(f"max_parallel must be in [1, {limit}], got {max_parallel}")
+        if not 0 <= rubric_sequences <= 8:
+            raise ValueError(f"rubric_sequences must be in [0, 8], got {rubric_sequences}")
         threads = n_threads or max(1, (os.cpu_count() or 1) // 2)
         self.llama = llama_cpp.Llama(
             model_path=str(model_path),
@@ -226,9 +235,15 @@ class LlamaCppPolicy:
             n_threads=threads,
             n_threads_batch=threads,
         )
-        self._open_context(max_parallel + 1)
+        self._open_context(max_parallel + 1 + rubric_sequences)
         self.max_parallel = max_parallel
+        self.rubric_sequences = rubric_sequences
         self._batch = _internals.LlamaBatch(n_tokens=max_parallel, embd=0, n_seq_max=1, verbose=False)
+        self._prompt_batch = _internals.LlamaBatch(
+            n_tokens=self.llama.n_batch, embd=0, n_seq_max=1, verbose=False
+        )
+        # Rubric (system prompt) -> (its sequence, the tokens that sequence holds), least recent first.
+        self._rubrics: OrderedDict[str, tuple[int, list[int]]] = OrderedDict()
         self.name = name
         self.n_vocab = self.llama.n_vocab()
         self.n_ctx = n_ctx
@@ -286,6 +301,7 @@ class LlamaCppPolicy:
         self.llama.reset()
         self.llama._ctx.kv_cache_clear()
         self._kv = []
+        self._rubrics.clear()
         self.logits = ByteLRU(self.logits.max_bytes)
         self.snapshots = ByteLRU(self.snapshots.max_bytes)
 
@@ -467,14 +483,17 @@ class LlamaCppPolicy:
         batch: list = []
         states: set[tuple[int, ...]] = set()
         cells = 0
+        free = self._cells - self._rubric_cells()
         for job in jobs:
             state = job[1]
             needed = cells + (0 if state in states else len(state)) + min(max_tokens, self.n_ctx - len(state))
-            if batch and (len(batch) == self.max_parallel or needed > self._cells):
+            if batch and (len(batch) == self.max_parallel or needed > free):
                 break
             batch.append(job)
             states.add(state)
             cells = needed
+        if cells > free:  # a lone long sample: the rubrics' prompts make room
+            self._drop_rubrics()
         return batch
 
     def _decode_together(
@@ -572,6 +591,35 @@ class LlamaCppPolicy:
 
     # -- scoring -------------------------------------------------------------
 
+    def last_hidden(self, states: Sequence[tuple[int, ...]]):
+        """The final hidden state (after the last norm, the input of the output
+        layer: what the ``hf`` backend's ``last_hidden`` gives) after each state,
+        shape ``(len(states), n_embd)``, so a value head rides the policy's own
+        KV cache: each state is brought into the cache as for sampling, then its
+        last token is read once more with llama.cpp's embedding output on."""
+        import torch
+
+        llama_cpp = self._llama_cpp
+        ctx = self.llama._ctx.ctx
+        width = self.llama.n_embd()
+        rows = []
+        for state in states:
+            self.state_logits(state, scoring=True)
+            self._truncate(len(state) - 1)
+            llama_cpp.llama_set_embeddings(ctx, True)
+            try:
+                self.llama.n_tokens = len(self._kv)
+                self.llama.eval([state[-1]])
+                self._kv.append(state[-1])
+                pointer = llama_cpp.llama_get_embeddings_ith(ctx, -1)
+                if not pointer:
+                    raise RuntimeError("llama.cpp returned no hidden state for this model")
+                rows.append(np.ctypeslib.as_array(pointer, shape=(width,)).copy())
+            finally:
+                llama_cpp.llama_set_embeddings(ctx, False)
+            self._stats.scoring_prefill_tokens += 1
+        return torch.from_numpy(np.stack(rows)) if rows else torch.empty(0, width)
+
     def score_true(self, prompts: Sequence[tuple[str, str]]) -> list[float]:
         """p("True") / (p("True") + p("False")) as the reply to each (system, user) prompt.
 
@@ -580,11 +628,84 @@ class LlamaCppPolicy:
         """
         scores = []
         for system, user in prompts:
-            probs = _softmax(self.state_logits(self.chat_ids(system, user), scoring=True))
+            ids = self.chat_ids(system, user)
+            logits = (
+                self._rubric_logits(system, ids)
+                if self.rubric_sequences
+                else self.state_logits(ids, scoring=True)
+            )
+            probs = _softmax(logits)
             p_true = float(probs[self.vocab.true_ids].sum())
             p_false = float(probs[self.vocab.false_ids].sum())
             scores.append(p_true / max(p_true + p_false, 1e-12))
         return scores
+
+    def _rubric_logits(self, rubric: str, ids: tuple[int, ...]) -> np.ndarray:
+        """The next-token logits after prompt ``ids`` of ``rubric``, read on that
+        rubric's own sequence from where its previous prompt diverges."""
+        memory = self.llama._ctx.memory
+        if rubric in self._rubrics:
+            self._rubrics.move_to_end(rubric)
+            seq, held = self._rubrics[rubric]
+        else:
+            if len(self._rubrics) == self.rubric_sequences:
+                _, (seq, _) = self._rubrics.popitem(last=False)
+                self._llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
+            else:
+                used = {seq for seq, _ in self._rubrics.values()}
+                seq = next(
+                    s
+                    for s in range(self.max_parallel + 1, self.max_parallel + 1 + self.rubric_sequences)
+                    if s not in used
+                )
+            held = []
+            self._rubrics[rubric] = (seq, held)
+        same = 0
+        for cached, token in zip(held, ids[:-1], strict=False):  # the last token is read for its logits
+            if cached != token:
+                break
+            same += 1
+        self._llama_cpp.llama_memory_seq_rm(memory, seq, same, -1)
+        del held[same:]
+        if len(self._kv) + self._rubric_cells() + len(ids) - same > self._cells:
+            self._drop_rubrics(keep=rubric)
+            self._truncate(0)
+        logits = self._read_prompt(seq, ids[same:], start=same)
+        held.extend(ids[same:])
+        self._stats.scoring_prefill_tokens += len(ids) - same
+        self._stats.cached_tokens += same
+        return logits
+
+    def _read_prompt(self, seq: int, tokens: Sequence[int], *, start: int) -> np.ndarray:
+        """Evaluate ``tokens`` at positions ``start``.. on sequence ``seq``, in
+        chunks of ``n_batch``; the logits after the last one."""
+        if start + len(tokens) > self.n_ctx:
+            raise ValueError(
+                f"a prompt of {start + len(tokens)} tokens exceeds n_ctx={self.n_ctx}; raise n_ctx"
+            )
+        batch = self._prompt_batch.batch
+        size = self.llama.n_batch
+        context = self.llama._ctx
+        for offset in range(0, len(tokens), size):
+            chunk = tokens[offset : offset + size]
+            batch.n_tokens = len(chunk)
+            for row, token in enumerate(chunk):
+                batch.token[row] = token
+                batch.pos[row] = start + offset + row
+                batch.n_seq_id[row] = 1
+                batch.seq_id[row][0] = seq
+                batch.logits[row] = offset + row == len(tokens) - 1
+            context.decode(self._prompt_batch)
+        return np.ctypeslib.as_array(context.get_logits_ith(len(chunk) - 1), shape=(self.n_vocab,)).copy()
+
+    def _rubric_cells(self) -> int:
+        return sum(len(held) for _, held in self._rubrics.values())
+
+    def _drop_rubrics(self, keep: str | None = None) -> None:
+        """Free the rubric sequences' cells (but ``keep``'s)."""
+        for rubric in [name for name in self._rubrics if name != keep]:
+            seq, _ = self._rubrics.pop(rubric)
+            self._llama_cpp.llama_memory_seq_rm(self.llama._ctx.memory, seq, -1, -1)
 
 
 def _streams(seed: int, index: int, count: int) -> list[np.random.Generator]:
