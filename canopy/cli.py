@@ -13,6 +13,7 @@ import sys
 
 from canopy.app_cmd import add_app_parser, cmd_app
 from canopy.common import Interrupted
+from canopy.db_cmd import add_db_parser, cmd_db
 from canopy.errors import CanopyError
 from canopy.eval_cmd import add_eval_parser, cmd_eval
 from canopy.export_cmd import add_export_parser, cmd_export
@@ -32,6 +33,7 @@ COMMANDS = {
     "export": (add_export_parser, cmd_export),
     "improve": (add_improve_parser, cmd_improve),
     "app": (add_app_parser, cmd_app),
+    "db": (add_db_parser, cmd_db),
 }
 
 

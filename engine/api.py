@@ -62,6 +62,11 @@ class Components:
     critic_models: CriticModels
     critic_sources: dict[str, str]
 
+    @property
+    def backend(self) -> str | None:
+        """The policy's ``load_policy`` backend (None for a policy made otherwise)."""
+        return getattr(self.policy, "backend", None)
+
     def critic_info(self, config: SearchConfig) -> dict[str, Any]:
         """What a run stores in ``Run.critics``: per critic whether it is active
         under ``config``, its weight, what it runs on and its checkpoint."""
@@ -278,6 +283,7 @@ def search_problem(
         config=effective_config(config, components.critics),
         critics=components.critic_info(config),
         rollout_model=getattr(components.rollout_policy, "name", None),
+        backend=components.backend,
     )
     if on_run_created is not None:
         on_run_created(run_id)

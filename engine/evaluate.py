@@ -161,6 +161,7 @@ def evaluate(
             config={"settings": settings.to_dict(), "meta": dict(meta or {})},
             critics=components.critic_info(settings.search),
             rollout_model=getattr(components.rollout_policy, "name", None),
+            backend=components.backend,
             kind="eval",
             method=method,
             iteration_id=iteration_id,
@@ -208,15 +209,25 @@ def eval_run(engine: Engine, run_id: int) -> schema.Run:
 def check_resumable(
     engine: Engine, run_id: int, *, method: str, settings: EvalSettings, components: Components
 ) -> None:
-    """Refuse to continue a run with another method, other settings or other
-    critic models, or one another process is still writing."""
+    """Refuse to continue a run with another method, backend, other settings or
+    other critic models, or one another process is still writing."""
     run = eval_run(engine, run_id)
     if writer_alive(run):
         raise RunNotResumable(f"run {run_id} is being written right now by process {run.pid}; stop it first")
     if run.method != method:
         raise RunNotResumable(f"run {run_id} evaluated {run.method}, not {method}")
+    if not _same_backend(run, components):
+        raise RunNotResumable(
+            f"run {run_id} ran on the {run.backend} backend; resume it with --backend {run.backend}"
+        )
     if stored_settings(run) != settings or stored_critic_models(run) != components.critic_models:
         raise RunNotResumable(f"run {run_id} was made with other settings; resume it with its own")
+
+
+def _same_backend(run: schema.Run, components: Components) -> bool:
+    """Whether ``components`` run on ``run``'s backend (either unknown counts as
+    the same: runs made before schema 2, and policies outside ``load_policy``)."""
+    return run.backend is None or components.backend is None or run.backend == components.backend
 
 
 def stored_settings(run: schema.Run) -> EvalSettings | None:
@@ -255,6 +266,7 @@ def matching_run(
             run.id
             for run in runs
             if run.config.get("meta") == meta
+            and _same_backend(run, components)
             and stored_settings(run) == settings
             and stored_critic_models(run) == components.critic_models
         ),

@@ -1,4 +1,12 @@
-"""Opening the store: URL resolution, SQLite WAL set-up, schema creation and checks."""
+"""Opening the store: URL resolution, SQLite WAL set-up, schema creation,
+checks and upgrades.
+
+A new database is created from the models and stamped with the newest Alembic
+revision (``store/migrations``). An existing one must be at that revision:
+``upgrade`` (``canopy db upgrade``) brings an older one there in place, its
+runs, trees and examples kept; until then every command refuses it with a
+one-line error that names the upgrade.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +16,16 @@ from pathlib import Path
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import Session, SQLModel, create_engine
 
 from canopy.errors import CanopyError
 from store.schema import SCHEMA_VERSION, SchemaInfo
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+"""Alembic's script folder (``env.py`` and ``versions/``)."""
+
+HEAD_REVISION = f"{SCHEMA_VERSION:04d}"
+"""The revision this code's models are: revision ids are the schema version, zero-padded."""
 
 DB_ENV_VAR = "CANOPY_DB"
 """Environment variable holding the default database URL."""
@@ -48,13 +62,14 @@ def _set_sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
+def make_engine(url: str | None = None, *, create: bool = True, check: bool = True) -> Engine:
     """An engine for ``url`` (default: ``default_db_url()``).
 
     With ``create`` the SQLite file's folder and the tables are made and the
     database is checked to be writable; without it a missing SQLite file is an
-    error (readers must not create databases). Raises ``StoreError`` with a
-    one-line reason on any problem.
+    error (readers must not create databases). ``check=False`` (only without
+    ``create``) skips the schema check, for ``upgrade``. Raises ``StoreError``
+    with a one-line reason on any problem.
     """
     url = normalize_url(url or default_db_url())
     try:
@@ -94,10 +109,12 @@ def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
         if create:
             if inspect(engine).get_table_names():
                 check_schema(engine)
-            SQLModel.metadata.create_all(engine)
-            _stamp_schema(engine)
+            else:
+                SQLModel.metadata.create_all(engine)
+                _stamp_schema(engine)
             _check_writable(engine)
-        check_schema(engine)
+        if check or create:
+            check_schema(engine)
     except (OperationalError, DatabaseError) as exc:
         engine.dispose()
         raise StoreError(f"cannot use database {url}: {exc.orig}") from None
@@ -117,10 +134,68 @@ def _check_writable(engine: Engine) -> None:
 
 
 def _stamp_schema(engine: Engine) -> None:
+    """Mark a database just created from the models as being at the head revision."""
     with Session(engine) as session:
-        if session.get(SchemaInfo, "schema_version") is None:
-            session.add(SchemaInfo(key="schema_version", value=str(SCHEMA_VERSION)))
-            session.commit()
+        session.add(SchemaInfo(key="schema_version", value=str(SCHEMA_VERSION)))
+        session.commit()
+    with engine.begin() as connection:
+        from alembic import command
+
+        command.stamp(_alembic_config(connection), HEAD_REVISION)
+
+
+def _alembic_config(connection):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at: ``alembic_version``'s, or
+    ``0001`` for a schema-version-1 store made before Alembic; None when it
+    is neither (an empty or foreign database, or one older than version 1)."""
+    tables = set(inspect(engine).get_table_names())
+    with engine.connect() as connection:
+        if "alembic_version" in tables:
+            return connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        if "schemainfo" in tables:
+            version = connection.exec_driver_sql(
+                "SELECT value FROM schemainfo WHERE key = 'schema_version'"
+            ).scalar()
+            return "0001" if version == "1" else None
+    return None
+
+
+def upgrade(engine: Engine) -> tuple[str, str]:
+    """Migrate the database in place to ``HEAD_REVISION``, in one transaction
+    (on SQLite and PostgreSQL a failed step leaves it as it was); returns the
+    revisions before and after.
+
+    Raises:
+        StoreError: an empty or foreign database, or one older than schema 1.
+    """
+    from alembic import command
+
+    before = schema_revision(engine)
+    if before is None:
+        check_schema(engine)  # says what the database is instead
+        raise StoreError("the database has no schema revision Canopy can upgrade; use a new --db")
+    if before != HEAD_REVISION:
+        with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                # A migration that copies a table must not fire the foreign keys
+                # of the rows that point at it (SQLite ignores this inside a transaction).
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()
+            with connection.begin():
+                config = _alembic_config(connection)
+                if "alembic_version" not in inspect(connection).get_table_names():
+                    command.stamp(config, before)
+                command.upgrade(config, HEAD_REVISION)
+    return before, HEAD_REVISION
 
 
 def check_schema(engine: Engine) -> None:
@@ -133,10 +208,15 @@ def check_schema(engine: Engine) -> None:
             shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
             raise StoreError(f"the database holds other tables ({shown}), not Canopy's; pass another --db")
         raise StoreError("the database was made by an older Canopy (no schema version); use a new --db")
-    with Session(engine) as session:
-        row = session.exec(select(SchemaInfo).where(SchemaInfo.key == "schema_version")).first()
-    version = int(row.value) if row else 0
-    if version != SCHEMA_VERSION:
+    revision = schema_revision(engine)
+    if revision != HEAD_REVISION:
+        url = engine.url.render_as_string(hide_password=True)
+        if revision is not None and revision < HEAD_REVISION:
+            raise StoreError(
+                f"the database is at schema revision {revision}, this Canopy needs {HEAD_REVISION}; "
+                f"upgrade it in place with `canopy db upgrade --db {url}` (runs and trees are kept)"
+            )
         raise StoreError(
-            f"the database has schema version {version}, this Canopy needs {SCHEMA_VERSION}; use a new --db"
+            f"the database is at schema revision {revision}, newer or other than this Canopy's "
+            f"{HEAD_REVISION}; update Canopy or use another --db"
         )

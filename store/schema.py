@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
-"""Bumped on every incompatible change; stored in ``schemainfo``."""
+SCHEMA_VERSION = 2
+"""The number of the newest Alembic revision (``store/migrations/versions``),
+also stored in ``schemainfo``; a change of the tables comes with a migration."""
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=60)
 """A "running" run whose heartbeat is older than this has no writer any more."""
@@ -76,7 +77,8 @@ class Run(SQLModel, table=True):
 
     ``status`` is "running", "completed", "failed" or "interrupted". A process
     killed hard leaves "running": ``run_is_live`` tells from ``heartbeat_at`` and
-    ``pid`` (the writer's process id) whether anyone still writes it. ``config``
+    ``pid`` (the writer's process id) whether anyone still writes it. ``backend``
+    is the policy's ``load_policy`` backend (NULL: made before schema 2, unknown). ``config``
     is the full ``SearchConfig`` with the critic weights actually in force
     (``critics`` says which critics ran).
     """
@@ -87,6 +89,7 @@ class Run(SQLModel, table=True):
     status: str = "running"
     model: str
     rollout_model: str | None = None
+    backend: str | None = None
     task: str
     seed: int = 0
     config: dict[str, Any] = _json({})

@@ -70,7 +70,7 @@ class SeedInfo:
     """Ids of what ``seed_database`` wrote, for tests to point at."""
 
     url: str
-    path: Path
+    path: Path | None
     run_ids: dict[str, int] = field(default_factory=dict)
     tree_ids: dict[str, int] = field(default_factory=dict)
     iteration_ids: list[int] = field(default_factory=list)
@@ -282,9 +282,9 @@ def _add(session: Session, row: Any) -> Any:
     return row
 
 
-def seed_database(path: Path) -> SeedInfo:
-    """Create and fill a SQLite store at ``path``."""
-    url = f"sqlite:///{path}"
+def seed_database(path: Path | None = None, *, url: str | None = None) -> SeedInfo:
+    """Create and fill a SQLite store at ``path``, or the empty store at ``url``."""
+    url = url or f"sqlite:///{path}"
     engine = make_engine(url)
     info = SeedInfo(url=url, path=path)
     now = utcnow()

@@ -83,6 +83,24 @@ def test_every_page_renders_on_seeded_store(seeded: SeedInfo, use_db, page: str)
     assert app.title, "each page has a title"
 
 
+@pytest.fixture(scope="module")
+def seeded_postgres(postgres) -> SeedInfo:
+    return seed_database(url=postgres.database())
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_on_a_postgresql_store(seeded_postgres: SeedInfo, use_db, page: str) -> None:
+    use_db(seeded_postgres.url)
+    app = open_page(page)
+    assert_clean(app)
+    assert app.title and not texts(app, "error"), page
+    if page == "views/home.py":
+        metrics = {m.label: m.value for m in app.metric}
+        assert (metrics["Runs"], metrics["Trees"]) == ("4", "5")
+    if page == "views/trees.py":
+        assert max(len(frame.value) for frame in app.dataframe) >= 2
+
+
 def test_home_shows_runs_and_demo_button(seeded: SeedInfo, use_db) -> None:
     use_db(seeded.url)
     app = open_page("views/home.py")
@@ -120,6 +138,31 @@ def test_unusable_database_gives_the_store_message(tmp_path: Path, use_db, kind:
         app = open_page(page)
         assert_clean(app)
         assert any(expected in t for t in texts(app, "error") + texts(app, "info")), page
+
+
+def test_a_schema_1_store_is_named_for_upgrade_then_read_whole(tmp_path: Path, use_db) -> None:
+    """Before ``canopy db upgrade`` the pages say how to upgrade; after it they
+    show the old store's runs and trees."""
+    import shutil
+
+    from store.db import upgrade
+
+    path = tmp_path / "schema1.db"
+    shutil.copy(ROOT / "tests" / "data" / "store_schema_1.db", path)
+    use_db(f"sqlite:///{path}")
+    app = open_page("views/trees.py")
+    assert_clean(app)
+    assert any("canopy db upgrade --db" in t for t in texts(app, "error") + texts(app, "info"))
+    upgrade(make_engine(str(path), create=False, check=False))
+    with Session(make_engine(str(path), create=False)) as session:
+        tree_count = len(session.exec(select(Tree)).all())
+    for page in ("views/home.py", "views/trees.py", "views/critics.py", "views/data.py"):
+        app = open_page(page)
+        assert_clean(app)
+        assert not texts(app, "error"), page
+    app = open_page("views/trees.py")  # the newest tree of the old store, node by node
+    assert tree_count == 5 and "#### Node 0" in texts(app, "markdown")
+    assert max(len(frame.value) for frame in app.dataframe) >= 9
 
 
 def node_with_text(url: str, tree_id: int, text: str) -> int:

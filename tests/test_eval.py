@@ -42,8 +42,9 @@ def _settings(**overrides) -> EvalSettings:
 
 
 @pytest.fixture
-def engine(tmp_path):
-    return make_engine(f"sqlite:///{tmp_path / 'eval.db'}")
+def engine(db_url):
+    """A fresh store, on SQLite and on PostgreSQL (``tests/conftest.py``)."""
+    return make_engine(db_url)
 
 
 def _rows(engine, run_id: int):
@@ -223,6 +224,37 @@ def test_resume_refuses_another_method_other_settings_or_a_search_run(engine) ->
     )
     with pytest.raises(RunNotResumable, match="not an evaluation"):
         check_resumable(engine, search.run_id, method="mcts", settings=_settings(), components=_components())
+
+
+def _on_backend(name: str | None):
+    policy = FakePolicy()
+    policy.backend = name
+    return fake_components(policy)
+
+
+def test_a_run_continues_only_on_its_own_backend(engine) -> None:
+    """The run records its policy's backend; resuming or continuing it on
+    another is refused, while a run of unknown backend (made before schema 2)
+    still continues."""
+    result = evaluate(
+        engine, method="greedy", problems=PROBLEMS[:1], components=_on_backend("hf"), settings=_settings()
+    )
+    with Session(engine) as session:
+        assert session.get(schema.Run, result.run_id).backend == "hf"
+    with pytest.raises(RunNotResumable, match="ran on the hf backend; resume it with --backend hf"):
+        check_resumable(
+            engine, result.run_id, method="greedy", settings=_settings(), components=_on_backend("llamacpp")
+        )
+    check_resumable(
+        engine, result.run_id, method="greedy", settings=_settings(), components=_on_backend("hf")
+    )
+    find = dict(method="greedy", task="arithmetic", settings=_settings())
+    assert matching_run(engine, components=_on_backend("llamacpp"), **find) is None
+    assert matching_run(engine, components=_on_backend("hf"), **find) == result.run_id
+    with Session(engine) as session:
+        session.get(schema.Run, result.run_id).backend = None
+        session.commit()
+    assert matching_run(engine, components=_on_backend("llamacpp"), **find) == result.run_id
 
 
 def test_resume_refuses_a_run_another_live_process_is_writing(engine) -> None:

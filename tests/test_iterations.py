@@ -131,8 +131,9 @@ def test_improve_charts_read_stored_rows_through_the_dataclass() -> None:
 
 
 @pytest.fixture
-def engine(tmp_path: Path):
-    return make_engine(f"sqlite:///{tmp_path / 'canopy.db'}")
+def engine(db_url):
+    """A fresh store, on SQLite and on PostgreSQL (``tests/conftest.py``)."""
+    return make_engine(db_url)
 
 
 def test_iteration_rows_are_created_updated_and_chained(engine) -> None:

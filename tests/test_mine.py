@@ -55,8 +55,9 @@ APPLES = [
 
 
 @pytest.fixture
-def engine(tmp_path):
-    return make_engine(f"sqlite:///{tmp_path / 'canopy.db'}")
+def engine(db_url):
+    """A fresh store, on SQLite and on PostgreSQL (``tests/conftest.py``)."""
+    return make_engine(db_url)
 
 
 def add_tree(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
@@ -32,8 +34,9 @@ def _config(simulations: int = 10) -> SearchConfig:
 
 
 @pytest.fixture
-def engine(tmp_path):
-    return make_engine(f"sqlite:///{tmp_path / 'canopy.db'}")
+def engine(db_url):
+    """A fresh store, on SQLite and on PostgreSQL (``tests/conftest.py``)."""
+    return make_engine(db_url)
 
 
 def test_search_round_trips_through_the_store(engine) -> None:
@@ -213,3 +216,135 @@ def test_database_opened_read_only_is_refused(tmp_path) -> None:
     make_engine(str(path)).dispose()
     with pytest.raises(StoreError, match="readonly|read-only"):
         make_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+
+
+SCHEMA_1 = Path(__file__).parent / "data" / "store_schema_1.db"
+"""A store written by schema version 1 (``tests.app_fixtures.seed_database`` at the
+commit that added it), before Alembic: runs, trees, nodes, examples, iterations."""
+
+KEPT_TABLES = (
+    "run",
+    "problem",
+    "tree",
+    "node",
+    "trainingexample",
+    "iteration",
+    "searchevent",
+    "verifierprogram",
+)
+
+
+def _contents(path: Path, tables=KEPT_TABLES) -> dict[str, list[tuple]]:
+    with sqlite3.connect(path) as raw:
+        names = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return {
+            table: sorted(raw.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+            for table in tables
+            if table in names
+        }
+
+
+def _old_columns(path: Path) -> dict[str, list[tuple]]:
+    """The upgraded run table without the column schema 2 added, like schema 1's."""
+    contents = _contents(path)
+    with sqlite3.connect(path) as raw:
+        columns = [row[1] for row in raw.execute("PRAGMA table_info(run)")]
+    keep = [i for i, name in enumerate(columns) if name != "backend"]
+    contents["run"] = sorted((tuple(row[i] for i in keep) for row in contents["run"]), key=repr)
+    return contents
+
+
+@pytest.mark.parametrize("without_programs", [False, True])
+def test_a_schema_1_store_is_upgraded_in_place_with_everything_kept(tmp_path, without_programs) -> None:
+    from store.db import HEAD_REVISION, schema_revision, upgrade
+
+    path = tmp_path / "old.db"
+    shutil.copy(SCHEMA_1, path)
+    if without_programs:  # a version-1 store not opened since the program table was added
+        with sqlite3.connect(path) as raw:
+            raw.execute("DROP TABLE verifierprogram")
+    before = _contents(path)
+    assert before["run"] and before["tree"] and before["node"] and before["trainingexample"]
+    with pytest.raises(
+        StoreError, match=r"schema revision 0001, this Canopy needs 0002; .*canopy db upgrade --db"
+    ):
+        make_engine(str(path))
+    engine = make_engine(str(path), create=False, check=False)
+    assert upgrade(engine) == ("0001", HEAD_REVISION)
+    assert upgrade(engine) == (HEAD_REVISION, HEAD_REVISION)  # a second upgrade changes nothing
+    engine.dispose()
+    after = _old_columns(path)
+    if without_programs:
+        assert after.pop("verifierprogram") == []
+    assert after == before
+    engine = make_engine(str(path))  # opens now, and writes
+    assert schema_revision(engine) == HEAD_REVISION
+    with Session(engine) as session:
+        runs = session.exec(select(schema.Run)).all()
+        assert runs and all(run.backend is None for run in runs)  # unknown for old runs
+        session.add(schema.Run(model="m", task="arithmetic", backend="llamacpp"))
+        session.commit()
+
+
+def test_a_store_from_a_newer_canopy_is_refused(tmp_path) -> None:
+    path = tmp_path / "new.db"
+    make_engine(str(path)).dispose()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE alembic_version SET version_num = '0099'")
+    with pytest.raises(StoreError, match="revision 0099, newer or other than this Canopy's 0002"):
+        make_engine(str(path))
+
+
+def test_canopy_db_status_and_upgrade(tmp_path, capsys) -> None:
+    from canopy.cli import main
+
+    path = tmp_path / "old.db"
+    shutil.copy(SCHEMA_1, path)
+    assert main(["db", "status", "--db", str(path)]) == 0
+    assert "schema revision 0001; this Canopy needs 0002 (run `canopy db upgrade`)" in capsys.readouterr().out
+    assert main(["trees", "--db", str(path)]) == 2
+    assert "canopy db upgrade --db" in capsys.readouterr().err
+    assert main(["db", "upgrade", "--db", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == "upgraded from 0001 to 0002"
+    assert main(["trees", "--db", str(path)]) == 0
+    assert main(["db", "upgrade", "--db", str(tmp_path / "none.db")]) == 2
+    assert "no database at" in capsys.readouterr().err
+
+
+def test_a_schema_1_postgresql_store_is_upgraded_in_place(postgres) -> None:
+    """The same upgrade on PostgreSQL: a store brought back to schema 1 (the
+    migration's downgrade, and no Alembic table, as before Alembic) refuses to
+    open, upgrades, and keeps its run, tree and nodes."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from store.db import _alembic_config, upgrade
+
+    url = postgres.database()
+    engine = make_engine(url)
+    result = search_problem(engine, PROBLEM, model="fake", config=_config(), components=_components())
+    tree, _ = load_tree(engine, result.tree_id)
+    with engine.begin() as connection:
+        command.downgrade(_alembic_config(connection), "0001")
+        connection.exec_driver_sql("DROP TABLE alembic_version")
+
+    def contents():
+        with engine.connect() as connection:
+            return {
+                table: sorted(connection.execute(text(f"SELECT id, {columns} FROM {table}")).all())
+                for table, columns in (
+                    ("run", "model, status, config"),
+                    ("tree", "answer, node_count"),
+                    ("node", "option_text, visits"),
+                )
+            }
+
+    before = contents()
+    engine.dispose()
+    with pytest.raises(StoreError, match="schema revision 0001, .*canopy db upgrade --db postgresql"):
+        make_engine(url)
+    assert upgrade(make_engine(url, create=False, check=False)) == ("0001", "0002")
+    engine = make_engine(url)
+    assert contents() == before
+    reloaded, _ = load_tree(engine, result.tree_id)
+    assert _snapshot(reloaded) == _snapshot(tree)

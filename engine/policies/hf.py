@@ -104,6 +104,9 @@ class HFPolicy:
         cache_bytes: budget of the prefix cache (default 3 GiB).
     """
 
+    backend = "hf"
+    """The ``load_policy`` backend name, stored with each run."""
+
     def __init__(self, model, tokenizer, *, name: str, cache_bytes: int = 3 << 30) -> None:
         self.model = model
         self.tokenizer = tokenizer

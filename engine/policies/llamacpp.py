@@ -202,6 +202,9 @@ class LlamaCppPolicy:
             prompts on sequence 0, as sampling does.
     """
 
+    backend = "llamacpp"
+    """The ``load_policy`` backend name, stored with each run."""
+
     def __init__(
         self,
         model_path: str | Path,

@@ -105,6 +105,9 @@ class OpenAIPolicy:
             samples follow the model at the given temperature.
     """
 
+    backend = "openai"
+    """The ``load_policy`` backend name, stored with each run."""
+
     def __init__(
         self,
         base_url: str,

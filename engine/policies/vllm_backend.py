@@ -35,6 +35,9 @@ class VLLMPolicy:
         llm_options: anything else for ``vllm.LLM``.
     """
 
+    backend = "vllm"
+    """The ``load_policy`` backend name, stored with each run."""
+
     def __init__(
         self,
         model: str,
