@@ -231,3 +231,60 @@ def test_load_policy_builds_the_client_with_the_gguf_tokenizer() -> None:
     assert policy.tokenizer.decode(state, special=True).count("<|im_start|>") == 3
     with pytest.raises(OpenAIServerError, match="connection refused"):
         policy.score_true([("s", "u")])
+
+
+class _Echo(http.server.BaseHTTPRequestHandler):
+    """Answers ``n`` choices that spell the request's seed and sample number after
+    a short wait, counting the requests in flight at once."""
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        with self.server.lock:
+            self.server.in_flight += 1
+            self.server.most = max(self.server.most, self.server.in_flight)
+        time.sleep(0.2)
+        choices = [
+            _choice([f"s{body['seed']}", f"-{i}", f"-{len(body['prompt'])}\n"], [-0.1, -0.1, -0.1])
+            for i in range(body["n"])
+        ]
+        payload = json.dumps({"choices": choices}).encode()
+        with self.server.lock:
+            self.server.in_flight -= 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_leaves_and_states_go_out_together_with_the_seeds_they_get_alone() -> None:
+    from engine.types import ProposeRequest
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    server.lock, server.in_flight, server.most = threading.Lock(), 0, 0
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        leaves = [ProposeRequest(state=(65,) * (i + 1), k=2, seed=10 * i) for i in range(4)]
+        step = dict(termination=NEWLINE, max_tokens=8, temperature=1.0)
+        together = _client(url).propose_many(leaves, **step)
+        assert server.most >= 2, "the leaves were sent one after another"
+        alone = [_client(url).propose(leaf.state, k=leaf.k, seed=leaf.seed, **step) for leaf in leaves]
+        assert [[o.text for o in options] for options in together] == [[o.text for o in a] for a in alone]
+        server.most = 0
+        states = [leaf.state for leaf in leaves]
+        serial = _client(url, concurrency=1).complete(states, n=2, seed=3, **step)
+        assert server.most == 1
+        parallel = _client(url).complete(states, n=2, seed=3, **step)
+        assert [[o.text for o in x] for x in parallel] == [[o.text for o in x] for x in serial]
+        client = _client(url)
+        client.complete(states, n=2, seed=3, **step)
+        assert client.stats().prefill_tokens == sum(len(state) for state in states)
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ValueError, match="concurrency >= 1"):
+        _client(url, concurrency=0)

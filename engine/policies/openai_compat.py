@@ -17,6 +17,12 @@ Prefix caching is the server's business (vLLM's ``--enable-prefix-caching``,
 llama.cpp's prompt cache): ``PolicyStats.prefill_tokens`` counts every prompt
 token sent, an upper bound on what the server recomputed.
 
+The states of one ``complete`` and the leaves of one ``propose_many`` (a step of
+parallel simulations) go out as concurrent requests, up to ``concurrency`` at
+once, so a server that batches (vLLM's continuous batching) decodes them
+together; each keeps the seed it would get alone, so the results do not depend
+on the concurrency.
+
 Connection errors, 429 and 5xx answers are retried with exponential back-off;
 a timeout is not (a slow server retried only queues more work). Every failure
 is one ``OpenAIServerError`` line naming the fix.
@@ -28,15 +34,17 @@ import errno
 import json
 import math
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from engine.errors import BackendError
 from engine.prompts import FALSE_WORDS, SYSTEM_PROMPT, TRUE_WORDS, hf_chat_text
-from engine.types import Option, PolicyStats, TerminationFn
+from engine.types import Option, PolicyStats, ProposeRequest, TerminationFn
 
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
@@ -103,6 +111,8 @@ class OpenAIPolicy:
         sampling: extra request fields; the default turns off the top-k, top-p,
             min-p and repeat penalties some servers apply unasked, so the
             samples follow the model at the given temperature.
+        concurrency: requests in flight at once (states of a ``complete``,
+            leaves of a ``propose_many``), >= 1.
     """
 
     backend = "openai"
@@ -120,9 +130,10 @@ class OpenAIPolicy:
         backoff: float = 0.5,
         stop: Sequence[str] = (),
         sampling: dict[str, Any] | None = None,
+        concurrency: int = 8,
     ) -> None:
-        if timeout <= 0 or retries < 0 or backoff < 0:
-            raise ValueError("timeout must be > 0, retries >= 0 and backoff >= 0")
+        if timeout <= 0 or retries < 0 or backoff < 0 or concurrency < 1:
+            raise ValueError("timeout must be > 0, retries >= 0, backoff >= 0 and concurrency >= 1")
         root = base_url.rstrip("/")
         self.base_url = root[: -len("/v1")] if root.endswith("/v1") else root
         self.tokenizer = tokenizer
@@ -138,7 +149,9 @@ class OpenAIPolicy:
             else dict(sampling)
         )
         self.eos_ids = tokenizer.eos_ids
+        self.concurrency = concurrency
         self._stats = PolicyStats()
+        self._stats_lock = threading.Lock()
 
     # -- prompts -------------------------------------------------------------
 
@@ -209,6 +222,28 @@ class OpenAIPolicy:
     ) -> list[Option]:
         return self._sample([state], k, termination, max_tokens, temperature, seed)[0]
 
+    def propose_many(
+        self,
+        requests: Sequence[ProposeRequest],
+        *,
+        termination: TerminationFn,
+        max_tokens: int,
+        temperature: float,
+    ) -> list[list[Option]]:
+        """``propose`` for several leaves, sent as concurrent requests; leaf ``i``
+        gets exactly what ``propose(..., seed=requests[i].seed)`` would."""
+        started = time.perf_counter()
+        results = self._together(
+            [
+                lambda request=request: self._sample_state(
+                    request.state, 0, request.k, termination, max_tokens, temperature, request.seed
+                )
+                for request in requests
+            ]
+        )
+        self._count(generate_seconds=time.perf_counter() - started)
+        return results
+
     def complete(
         self,
         states: Sequence[tuple[int, ...]],
@@ -231,32 +266,63 @@ class OpenAIPolicy:
         seed: int,
     ) -> list[list[Option]]:
         started = time.perf_counter()
-        results = []
-        for index, state in enumerate(states):
-            prompt = self.tokenizer.decode(state, special=True)
-            options: list[Option] = []
-            request = 0
-            while len(options) < n:
-                body = {
-                    "prompt": prompt,
-                    "n": n - len(options),
-                    "max_tokens": max_tokens,
-                    "temperature": temperature,
-                    "seed": seed + 1000 * index + request,
-                    "logprobs": 1,
-                    **self.sampling,
-                }
-                if self.stop:
-                    body["stop"] = self.stop
-                choices = self._post("/v1/completions", body).get("choices") or []
-                if not choices:
-                    raise OpenAIServerError(f"{self.base_url} answered without choices; check the server log")
-                self._stats.prefill_tokens += len(state)
-                options.extend(self._option(choice, termination) for choice in choices[: n - len(options)])
-                request += 1
-            results.append(options)
-        self._stats.generate_seconds += time.perf_counter() - started
+        results = self._together(
+            [
+                lambda index=index, state=state: self._sample_state(
+                    state, index, n, termination, max_tokens, temperature, seed
+                )
+                for index, state in enumerate(states)
+            ]
+        )
+        self._count(generate_seconds=time.perf_counter() - started)
         return results
+
+    def _sample_state(
+        self,
+        state: tuple[int, ...],
+        index: int,
+        n: int,
+        termination: TerminationFn,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+    ) -> list[Option]:
+        """``n`` samples from ``state``, the ``index``-th state of its call."""
+        prompt = self.tokenizer.decode(state, special=True)
+        options: list[Option] = []
+        request = 0
+        while len(options) < n:
+            body = {
+                "prompt": prompt,
+                "n": n - len(options),
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+                "seed": seed + 1000 * index + request,
+                "logprobs": 1,
+                **self.sampling,
+            }
+            if self.stop:
+                body["stop"] = self.stop
+            choices = self._post("/v1/completions", body).get("choices") or []
+            if not choices:
+                raise OpenAIServerError(f"{self.base_url} answered without choices; check the server log")
+            self._count(prefill_tokens=len(state))
+            options.extend(self._option(choice, termination) for choice in choices[: n - len(options)])
+            request += 1
+        return options
+
+    def _together(self, calls: list) -> list:
+        """Run ``calls`` (no-argument functions) with up to ``concurrency`` in
+        flight; their results in order. One call runs on this thread."""
+        if len(calls) <= 1 or self.concurrency == 1:
+            return [call() for call in calls]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(calls))) as pool:
+            return list(pool.map(lambda call: call(), calls))
+
+    def _count(self, **amounts: float) -> None:
+        with self._stats_lock:
+            for name, amount in amounts.items():
+                setattr(self._stats, name, getattr(self._stats, name) + amount)
 
     def _option(self, choice: dict[str, Any], termination: TerminationFn) -> Option:
         """The option in one choice: cut where ``termination`` fires."""
@@ -293,7 +359,7 @@ class OpenAIPolicy:
             token_ids = (next(iter(sorted(self.eos_ids))),) if reason == "eos" and self.eos_ids else ()
         if not token_ids:
             raise OpenAIServerError(f"{self.base_url} returned an empty completion; check the server log")
-        self._stats.generated_tokens += count
+        self._count(generated_tokens=count)
         total = min(total, 0.0)
         return Option(
             text=text,
@@ -321,7 +387,7 @@ class OpenAIPolicy:
                     f"{self.base_url} sent no top log-probs; use a server that supports `logprobs` "
                     "on /v1/completions (vLLM, SGLang, llama.cpp)"
                 )
-            self._stats.scoring_prefill_tokens += len(self.tokenizer.chat_ids(system, user))
+            self._count(scoring_prefill_tokens=len(self.tokenizer.chat_ids(system, user)))
             p_true = sum(math.exp(top[word]) for word in TRUE_WORDS if word in top)
             p_false = sum(math.exp(top[word]) for word in FALSE_WORDS if word in top)
             scores.append(p_true / (p_true + p_false) if p_true + p_false > 0 else 0.5)
