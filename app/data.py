@@ -255,6 +255,15 @@ def tree_label(tree: dict[str, Any] | pd.Series, width: int = 70) -> str:
     return f"Tree {tree['id']} · {verdict} · {tree['node_count']} nodes · {question}"
 
 
+@st.cache_data(ttl=2, show_spinner=False)
+def text_hits(url: str, query: str, limit: int) -> pd.DataFrame:
+    """Nodes whose option, answer or rollouts hold every word of ``query``, best first."""
+    from store.text_index import search_text
+
+    hits = search_text(engine(url), query, limit=limit)
+    return pd.DataFrame([vars(hit) for hit in hits], columns=["tree_id", "node_index", "rank", "snippet"])
+
+
 def tree_stamp(url: str, tree_id: int) -> tuple[Any, ...]:
     """Changes whenever the tree's stored content does (uncached, cheap)."""
     statement = select(

@@ -20,6 +20,7 @@ PAGES = [
     st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("views/search.py", title="Search", icon=":material/play_circle:"),
     st.Page("views/trees.py", title="Trees", icon=":material/account_tree:"),
+    st.Page("views/find.py", title="Find", icon=":material/search:"),
     st.Page("views/critics.py", title="Critics", icon=":material/balance:"),
     st.Page("views/improve.py", title="Improve", icon=":material/trending_up:"),
     st.Page("views/data.py", title="Data", icon=":material/dataset:"),

@@ -134,7 +134,12 @@ def _check_writable(engine: Engine) -> None:
 
 
 def _stamp_schema(engine: Engine) -> None:
-    """Mark a database just created from the models as being at the head revision."""
+    """Mark a database just created from the models as being at the head revision
+    (and add what the models do not make: the text index)."""
+    from store.text_index import create_text_index
+
+    with engine.begin() as connection:
+        create_text_index(connection)
     with Session(engine) as session:
         session.add(SchemaInfo(key="schema_version", value=str(SCHEMA_VERSION)))
         session.commit()

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The number of the newest Alembic revision (``store/migrations/versions``),
 also stored in ``schemainfo``; a change of the tables comes with a migration."""
 

@@ -36,6 +36,7 @@ PAGES = [
     "views/home.py",
     "views/search.py",
     "views/trees.py",
+    "views/find.py",
     "views/critics.py",
     "views/improve.py",
     "views/data.py",
@@ -285,6 +286,32 @@ def test_critics_row_opens_node_in_trees(seeded: SeedInfo, use_db) -> None:
     assert_clean(app)
     assert app.title[0].value == "Trees"
     assert app.session_state["selected_nodes"][seeded.tree_ids["b1"]] == 3
+
+
+def test_find_ranks_groups_escapes_and_opens_the_node(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    app = open_page("views/find.py")
+    assert_clean(app)
+    app.text_input(key="find.query").input("fruits remain").run()
+    assert_clean(app)
+    lines = texts(app, "markdown")
+    assert any("**fruits** **remain**" in line for line in lines), lines
+    assert any("matching node" in line for line in lines)
+    app.text_input(key="find.query").input("heading bold").run()
+    shown = [line for line in texts(app, "markdown") if "**Heading** \\*\\***bold**" in line]
+    assert shown, texts(app, "markdown")  # the option's own Markdown is shown as literal text
+    tree_id, node = next(
+        (int(key.split(".")[2]), int(key.split(".")[3]))
+        for key in (button.key for button in app.button)
+        if key and key.startswith("find.open.")
+    )
+    next(b for b in app.button if b.key == f"find.open.{tree_id}.{node}").click().run()
+    assert_clean(app)
+    assert app.title[0].value == "Trees"
+    assert app.session_state["selected_nodes"][tree_id] == node
+    app = open_page("views/find.py")
+    app.text_input(key="find.query").input("zzzqqq").run()
+    assert any("Nothing matches" in t for t in texts(app, "info"))
 
 
 def test_search_form_is_built_from_search_config(seeded: SeedInfo, use_db) -> None:

@@ -266,7 +266,7 @@ def test_a_schema_1_store_is_upgraded_in_place_with_everything_kept(tmp_path, wi
     before = _contents(path)
     assert before["run"] and before["tree"] and before["node"] and before["trainingexample"]
     with pytest.raises(
-        StoreError, match=r"schema revision 0001, this Canopy needs 0002; .*canopy db upgrade --db"
+        StoreError, match=r"schema revision 0001, this Canopy needs 0003; .*canopy db upgrade --db"
     ):
         make_engine(str(path))
     engine = make_engine(str(path), create=False, check=False)
@@ -291,7 +291,7 @@ def test_a_store_from_a_newer_canopy_is_refused(tmp_path) -> None:
     make_engine(str(path)).dispose()
     with sqlite3.connect(path) as raw:
         raw.execute("UPDATE alembic_version SET version_num = '0099'")
-    with pytest.raises(StoreError, match="revision 0099, newer or other than this Canopy's 0002"):
+    with pytest.raises(StoreError, match="revision 0099, newer or other than this Canopy's 0003"):
         make_engine(str(path))
 
 
@@ -301,11 +301,11 @@ def test_canopy_db_status_and_upgrade(tmp_path, capsys) -> None:
     path = tmp_path / "old.db"
     shutil.copy(SCHEMA_1, path)
     assert main(["db", "status", "--db", str(path)]) == 0
-    assert "schema revision 0001; this Canopy needs 0002 (run `canopy db upgrade`)" in capsys.readouterr().out
+    assert "schema revision 0001; this Canopy needs 0003 (run `canopy db upgrade`)" in capsys.readouterr().out
     assert main(["trees", "--db", str(path)]) == 2
     assert "canopy db upgrade --db" in capsys.readouterr().err
     assert main(["db", "upgrade", "--db", str(path)]) == 0
-    assert capsys.readouterr().out.strip() == "upgraded from 0001 to 0002"
+    assert capsys.readouterr().out.strip() == "upgraded from 0001 to 0003"
     assert main(["trees", "--db", str(path)]) == 0
     assert main(["db", "upgrade", "--db", str(tmp_path / "none.db")]) == 2
     assert "no database at" in capsys.readouterr().err
@@ -343,7 +343,7 @@ def test_a_schema_1_postgresql_store_is_upgraded_in_place(postgres) -> None:
     engine.dispose()
     with pytest.raises(StoreError, match="schema revision 0001, .*canopy db upgrade --db postgresql"):
         make_engine(url)
-    assert upgrade(make_engine(url, create=False, check=False)) == ("0001", "0002")
+    assert upgrade(make_engine(url, create=False, check=False)) == ("0001", "0003")
     engine = make_engine(url)
     assert contents() == before
     reloaded, _ = load_tree(engine, result.tree_id)
