@@ -115,7 +115,11 @@ def tree_chart(
         show_filtered=show_filtered,
         height=height,
     )
-    config = {"scrollZoom": True, "displaylogo": False}
+    config = {
+        "scrollZoom": True,
+        "displaylogo": False,
+        "toImageButtonOptions": {"format": "png", "filename": f"tree-{tree_id}-{color_by}", "scale": 2},
+    }
     if selectable:
         st.plotly_chart(
             figure,

@@ -371,3 +371,19 @@ def selected_node(selection: dict | None) -> int | None:
             except (TypeError, ValueError):
                 continue
     return None
+
+
+def document_figure(document: dict, *, color_by: str = "combined") -> go.Figure:
+    """The figure of a ``store.tree_export.tree_document`` (as the Trees page
+    draws the tree now, without a selected node)."""
+    nodes = pd.DataFrame(document["nodes"])
+    filtered = pd.DataFrame(
+        document["filtered"],
+        columns=["id", "parent_index", "text", "similarity", "measure", "collided_with_index", "simulation"],
+    )
+    return build_tree_figure(
+        TreeSnapshot(nodes, filtered, None),
+        color_by=color_by,
+        chosen_path=document["tree"].get("chosen_path") or [],
+        height=max(560, 90 * (int(nodes["depth"].max()) + 2) if len(nodes) else 560),
+    )

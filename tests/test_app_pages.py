@@ -288,6 +288,14 @@ def test_critics_row_opens_node_in_trees(seeded: SeedInfo, use_db) -> None:
     assert app.session_state["selected_nodes"][seeded.tree_ids["b1"]] == 3
 
 
+def test_trees_page_offers_the_tree_as_json_and_svg(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    app = open_page("views/trees.py")
+    assert_clean(app)
+    labels = {element.proto.label for element in app.get("download_button")}
+    assert {"Tree as JSON", "Tree as SVG"} <= labels, labels
+
+
 def test_find_ranks_groups_escapes_and_opens_the_node(seeded: SeedInfo, use_db) -> None:
     use_db(seeded.url)
     app = open_page("views/find.py")

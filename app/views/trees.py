@@ -1,5 +1,6 @@
 """Trees: find a tree, draw it, replay its growth, inspect any node; compare two trees."""
 
+import json
 import time
 from datetime import date
 
@@ -104,6 +105,37 @@ def filtered_trees(trees: pd.DataFrame) -> pd.DataFrame:
     return trees[keep]
 
 
+def export_buttons(tree_id: int, color_by: str) -> None:
+    """The whole tree as JSON (nodes, edges, scores) or as an SVG for a paper,
+    made only when clicked."""
+    from app.layout import document_figure
+    from store.tree_export import tree_document
+
+    def document() -> dict:
+        return tree_document(data.engine(url), tree_id)
+
+    left, right = st.columns(2)
+    left.download_button(
+        "Tree as JSON",
+        data=lambda: json.dumps(document(), indent=1),
+        file_name=f"tree-{tree_id}.json",
+        mime="application/json",
+        icon=":material/data_object:",
+        key=f"trees.export.json.{tree_id}",
+        help="Every node with its text, visits, Q, critic scores and rollouts; the edges; "
+        "the filtered siblings.",
+    )
+    right.download_button(
+        "Tree as SVG",
+        data=lambda: document_figure(document(), color_by=color_by).to_image(format="svg"),
+        file_name=f"tree-{tree_id}-{color_by}.svg",
+        mime="image/svg+xml",
+        icon=":material/image:",
+        key=f"trees.export.svg.{tree_id}",
+        help="The tree as drawn (coloured by the chosen critic), as a vector image. Takes a few seconds.",
+    )
+
+
 shown = filtered_trees(all_trees)
 st.caption(f"{len(shown)} of {len(all_trees)} trees match the filters.")
 if shown.empty:
@@ -205,7 +237,11 @@ def explore(tree: pd.Series) -> None:
             chosen_path=chosen,
             show_filtered=show_filtered,
         )
-        st.caption("Click a node to inspect it (drag to pan, scroll to zoom, double-click to reset).")
+        st.caption(
+            "Click a node to inspect it (drag to pan, scroll to zoom, double-click to reset). "
+            "The camera icon above the chart saves this view as a PNG."
+        )
+        export_buttons(tree_id, color_by)
     with right, st.container(border=True, height=760):
         programs = data.tree_programs(url, tree_id, data.tree_stamp(url, tree_id))
         node_detail(tree, snapshot.nodes, snapshot.filtered, selected_index(tree_id), programs)
