@@ -56,10 +56,12 @@ def use_db(monkeypatch: pytest.MonkeyPatch):
     return use
 
 
-def open_page(page: str, *, state: dict | None = None) -> AppTest:
+def open_page(page: str, *, state: dict | None = None, query: dict | None = None) -> AppTest:
     app = AppTest.from_file(MAIN, default_timeout=60)
     for key, value in (state or {}).items():
         app.session_state[key] = value
+    for name, value in (query or {}).items():
+        app.query_params[name] = value
     app.run()
     if page != "views/home.py":
         app.switch_page(page)
@@ -286,6 +288,41 @@ def test_critics_row_opens_node_in_trees(seeded: SeedInfo, use_db) -> None:
     assert_clean(app)
     assert app.title[0].value == "Trees"
     assert app.session_state["selected_nodes"][seeded.tree_ids["b1"]] == 3
+
+
+def test_a_link_opens_the_same_tree_node_colouring_and_filters(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    tree_id = seeded.tree_ids["b1"]
+    app = open_page("views/trees.py", query={"tree": str(tree_id), "node": "3", "color": "q", "run": ""})
+    assert_clean(app)
+    assert app.selectbox(key="trees.tree").value == tree_id
+    assert app.session_state["selected_nodes"][tree_id] == 3
+    assert app.session_state["trees.color"] == "q"
+    assert "#### Node 3" in texts(app, "markdown")
+    shown = dict(app.query_params)  # the page writes its state back: this is the link to copy
+    assert {
+        k: shown[k][0] if isinstance(shown[k], list) else shown[k] for k in ("tree", "node", "color")
+    } == {
+        "tree": str(tree_id),
+        "node": "3",
+        "color": "q",
+    }
+    app.selectbox(key="trees.tree").select(seeded.tree_ids["a1"]).run()  # a new selection, a new link
+    now = app.query_params["tree"]
+    assert (now[0] if isinstance(now, list) else now) == str(seeded.tree_ids["a1"])
+
+
+def test_a_bad_link_is_ignored_not_an_error(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    app = open_page(
+        "views/trees.py", query={"tree": "abc", "node": "-", "color": "<script>", "tab": "x", "run": "1,z"}
+    )
+    assert_clean(app)
+    assert not texts(app, "error") and app.session_state["trees.color"] == "combined"
+    app = open_page("views/find.py", query={"q": "fruits remain"})
+    assert_clean(app)
+    assert app.text_input(key="find.query").value == "fruits remain"
+    assert any("**fruits** **remain**" in line for line in texts(app, "markdown"))
 
 
 def test_trees_page_offers_the_tree_as_json_and_svg(seeded: SeedInfo, use_db) -> None:

@@ -4,7 +4,7 @@ import re
 
 import streamlit as st
 
-from app import data
+from app import data, links
 from app.components import open_in_trees, require_store
 from store.text_index import MARK
 
@@ -28,7 +28,10 @@ st.caption(
     "first, grouped by tree; **Open** shows the node on the Trees page."
 )
 require_store(url)
+LINK = [links.key_param("q", "find.query")]  # /find?q=words
+links.restore("find", LINK)
 query = st.text_input("Words to find", key="find.query", placeholder="e.g. remainder  or  12 apples")
+links.publish("find", LINK)
 if not query.strip():
     st.stop()
 hits = data.text_hits(url, query, LIMIT)

@@ -7,7 +7,7 @@ from datetime import date
 import pandas as pd
 import streamlit as st
 
-from app import data
+from app import data, links
 from app.components import (
     FOCUS,
     color_picker,
@@ -22,6 +22,7 @@ from app.components import (
     tree_summary,
     untrusted,
 )
+from app.layout import COLOR_BY
 
 FILTER_KEYS = (
     "trees.f.run",
@@ -32,6 +33,7 @@ FILTER_KEYS = (
     "trees.f.dates",
 )
 RESULTS = {"correct": True, "wrong": False, "not graded": None}
+TABS = {"explore": "Explore one tree", "compare": "Compare two trees side by side"}
 PLAY_SECONDS = 0.8  # how long each simulation stays on screen while the replay plays
 
 url = data.db_url()
@@ -50,12 +52,52 @@ if all_trees.empty:
     )
     st.stop()
 
+
+def _color(text: str) -> str:
+    if text not in COLOR_BY:
+        raise ValueError(text)
+    return text
+
+
+def _node(text: str) -> None:
+    if (tree_id := st.session_state.get("trees.tree")) is not None:
+        select_node(int(tree_id), int(text))
+
+
+def _tab(text: str) -> str:
+    return TABS[text] if text in TABS else TABS["explore"]
+
+
+LINK = [  # the URL of this page: /trees?tree=3&node=7&color=q&tab=explore&run=1,2 ...
+    links.key_param("tree", "trees.tree", int),
+    links.Param(
+        "node",
+        lambda: (
+            selected_index(int(st.session_state["trees.tree"])) if "trees.tree" in st.session_state else None
+        ),
+        _node,
+    ),
+    links.key_param("color", "trees.color", _color),
+    links.Param(
+        "tab",
+        lambda: next(
+            (name for name, label in TABS.items() if label == st.session_state.get("trees.tabs")), None
+        ),
+        lambda text: st.session_state.__setitem__("trees.tabs", _tab(text)),
+    ),
+    links.list_param("run", "trees.f.run", int),
+    links.list_param("model", "trees.f.model"),
+    links.list_param("task", "trees.f.task"),
+    links.list_param("result", "trees.f.result"),
+]
+links.restore("trees", LINK)
+
 if (focus := st.session_state.pop(FOCUS, None)) is not None:
     for key in FILTER_KEYS:
         st.session_state.pop(key, None)
     st.session_state["trees.tree"] = focus["tree_id"]
     select_node(focus["tree_id"], focus["node"])
-    st.session_state["trees.tabs"] = "Explore one tree"
+    st.session_state["trees.tabs"] = TABS["explore"]
 
 
 def filtered_trees(trees: pd.DataFrame) -> pd.DataFrame:
@@ -286,9 +328,10 @@ def compare() -> None:
             )
 
 
-explore_tab, compare_tab = st.tabs(["Explore one tree", "Compare two trees side by side"], key="trees.tabs")
+explore_tab, compare_tab = st.tabs(list(TABS.values()), key="trees.tabs")
 with explore_tab:
     finished = [i for i, status in enumerate(shown["status"]) if status == "completed"]
     explore(pick_tree("Tree", shown, "trees.tree", index=finished[0] if finished else 0))
 with compare_tab:
     compare()
+links.publish("trees", LINK)

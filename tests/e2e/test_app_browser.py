@@ -16,6 +16,7 @@ PAGES = {
     "home": ("", "Canopy"),
     "search": ("search", "Search"),
     "trees": ("trees", "Trees"),
+    "find": ("find", "Find"),
     "critics": ("critics", "Critics"),
     "improve": ("improve", "Improve"),
     "data": ("data", "Data"),
@@ -67,6 +68,29 @@ def test_clicking_a_node_opens_its_detail(seeded_server: AppServer, page) -> Non
     assert "Option text" in body and "The whole path" in body and "Rollouts from this node" in body
     assert_no_errors(page)
     screenshot(page, "trees-node-selected")
+
+
+def test_a_link_opens_a_node_and_back_walks_back(seeded_server: AppServer, page) -> None:
+    """A copied URL opens the same tree, node and colouring; a new selection is a
+    new history entry, so the browser's back button returns to the previous one."""
+    page.goto(f"{seeded_server.url}/trees?tree=2&node=3&color=q")
+    wait_idle(page)
+    assert node_heading(page) == "Node 3"
+    assert "What is 6 * 7 - 2?" in page.inner_text("body")  # tree 2's question (tests/app_fixtures.py)
+    page.get_by_text("Value", exact=True).first.click()
+    page.wait_for_url(re.compile(r"color=value"), timeout=30000)
+    wait_idle(page)
+    page.go_back()
+    page.wait_for_url(re.compile(r"color=q"), timeout=30000)
+    wait_idle(page)
+    colours = {"Combined", "Value", "PRM", "ORM", "Tool", "Q"}
+    checked = page.evaluate(  # the explore tab's control comes first (the compare tab has its own)
+        """() => [...document.querySelectorAll('button[aria-checked="true"]')].map(b => b.innerText.trim())"""
+    )
+    assert [name for name in checked if name in colours][0] == "Q", checked
+    assert node_heading(page) == "Node 3"
+    assert_no_errors(page)
+    screenshot(page, "trees-from-a-link")
 
 
 def test_model_text_renders_as_text(seeded_server: AppServer, page) -> None:
