@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy import event, inspect
+from sqlalchemy import event, insert, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import SQLModel, create_engine
 
 from canopy.errors import CanopyError
 from store.schema import SCHEMA_VERSION, SchemaInfo
@@ -110,8 +110,7 @@ def make_engine(url: str | None = None, *, create: bool = True, check: bool = Tr
             if inspect(engine).get_table_names():
                 check_schema(engine)
             else:
-                SQLModel.metadata.create_all(engine)
-                _stamp_schema(engine)
+                _create_schema(engine)
             _check_writable(engine)
         if check or create:
             check_schema(engine)
@@ -133,19 +132,18 @@ def _check_writable(engine: Engine) -> None:
         connection.rollback()
 
 
-def _stamp_schema(engine: Engine) -> None:
-    """Mark a database just created from the models as being at the head revision
-    (and add what the models do not make: the text index)."""
+def _create_schema(engine: Engine) -> None:
+    """Make an empty database this code's schema, in one transaction: the
+    models' tables, what they do not make (the text index), and the stamps of
+    the head revision."""
+    from alembic import command
+
     from store.text_index import create_text_index
 
     with engine.begin() as connection:
+        SQLModel.metadata.create_all(connection)
         create_text_index(connection)
-    with Session(engine) as session:
-        session.add(SchemaInfo(key="schema_version", value=str(SCHEMA_VERSION)))
-        session.commit()
-    with engine.begin() as connection:
-        from alembic import command
-
+        connection.execute(insert(SchemaInfo).values(key="schema_version", value=str(SCHEMA_VERSION)))
         command.stamp(_alembic_config(connection), HEAD_REVISION)
 
 

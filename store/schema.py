@@ -206,8 +206,8 @@ class VerifierProgram(SQLModel, table=True):
 
     ``verdict`` is the normalised last number it printed, NULL for no verdict;
     ``error`` keeps the interpreter's message for inspection. ``index`` orders
-    a tree's programs from 0. A table added without a schema version change:
-    writers create it in older databases, and readers treat it as empty there.
+    a tree's programs from 0. Added within schema version 1 (so migration 0002
+    creates it where a version-1 store lacks it).
     """
 
     id: int | None = Field(default=None, primary_key=True)

@@ -76,7 +76,7 @@ def test_a_link_opens_a_node_and_back_walks_back(seeded_server: AppServer, page)
     page.goto(f"{seeded_server.url}/trees?tree=2&node=3&color=q")
     wait_idle(page)
     assert node_heading(page) == "Node 3"
-    assert "What is 6 * 7 - 2?" in page.inner_text("body")  # tree 2's question (tests/app_fixtures.py)
+    assert "All 14 nodes as a table" in page.inner_text("body")  # tree 2 (tests/app_fixtures.py), not 1
     page.get_by_text("Value", exact=True).first.click()
     page.wait_for_url(re.compile(r"color=value"), timeout=30000)
     wait_idle(page)
