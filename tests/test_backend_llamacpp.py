@@ -327,6 +327,26 @@ def test_each_rubric_keeps_its_prefix_and_leaves_the_policy_state_cached(f32_pol
     assert f32_policy.stats().cached_tokens - cached == len(state), "a critic evicted the policy's state"
 
 
+def test_a_branch_switch_keeps_the_other_branch_cached(f32_policy) -> None:
+    """A search scores one branch, then another that shares only its first step,
+    then the first again: the first branch's prompt is still cached, on its own
+    rubric sequence, so its next step reads little more than itself."""
+    prm = GenerativePRM(f32_policy)
+    branch_a = ["Each box has 6 pens.", "4 * 6 = 24 pens in all.", "He gives 5 away: 24 - 5 = 19."]
+    branch_b = ["Each box has 6 pens.", "He has 4 + 6 = 10 pens.", "10 - 5 = 5 pens are left."]
+
+    def read(steps) -> int:
+        before = f32_policy.stats().scoring_prefill_tokens
+        prm.score_steps([TrajectoryRequest(QUESTION, tuple(steps), finished=False)])
+        return f32_policy.stats().scoring_prefill_tokens - before
+
+    read(branch_a[:2])
+    read(branch_b[:2])
+    read(branch_b[:3])
+    new_step = len(f32_policy.vocab.encode(f"Step 3: {branch_a[2]}"))
+    assert read(branch_a[:3]) <= new_step + 30
+
+
 def test_a_search_runs_on_it(policy) -> None:
     config = SearchConfig(
         simulations=3,

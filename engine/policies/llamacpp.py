@@ -196,10 +196,11 @@ class LlamaCppPolicy:
             llama.cpp sequence), of one state or of several (rollouts,
             ``propose_many``); 1 decodes them one after another.
         rubric_sequences: sequences kept for the True/False critics'
-            prompts (``score_true``), one per rubric (system prompt), most
-            recently used kept: a prompt reuses the prefix its rubric's last
-            prompt left, and never evicts the policy's state. 0 reads the
-            prompts on sequence 0, as sampling does.
+            prompts (``score_true``), apart from the policy's: a prompt is read
+            on the one holding the longest prefix of it (extending it, or
+            starting a free or least recently used one from a shared copy of
+            that prefix, so the other branch stays cached), and never evicts the
+            policy's state. 0 reads the prompts on sequence 0, as sampling does.
     """
 
     backend = "llamacpp"
@@ -216,7 +217,7 @@ class LlamaCppPolicy:
         logits_bytes: int = 256 << 20,
         snapshot_bytes: int = 1 << 30,
         max_parallel: int = 8,
-        rubric_sequences: int = 2,
+        rubric_sequences: int = 4,
     ) -> None:
         import llama_cpp
         from llama_cpp import _internals
@@ -245,8 +246,9 @@ class LlamaCppPolicy:
         self._prompt_batch = _internals.LlamaBatch(
             n_tokens=self.llama.n_batch, embd=0, n_seq_max=1, verbose=False
         )
-        # Rubric (system prompt) -> (its sequence, the tokens that sequence holds), least recent first.
-        self._rubrics: OrderedDict[str, tuple[int, list[int]]] = OrderedDict()
+        # The tokens each rubric sequence holds (sequence max_parallel + 1 + i), and when each was last used.
+        self._held: list[list[int]] = [[] for _ in range(rubric_sequences)]
+        self._used = [0] * rubric_sequences
         self.name = name
         self.n_vocab = self.llama.n_vocab()
         self.n_ctx = n_ctx
@@ -304,7 +306,7 @@ class LlamaCppPolicy:
         self.llama.reset()
         self.llama._ctx.kv_cache_clear()
         self._kv = []
-        self._rubrics.clear()
+        self._held = [[] for _ in self._held]
         self.logits = ByteLRU(self.logits.max_bytes)
         self.snapshots = ByteLRU(self.snapshots.max_bytes)
 
@@ -346,12 +348,7 @@ class LlamaCppPolicy:
         self._kv = list(state)
 
     def _common_prefix(self, state: tuple[int, ...]) -> int:
-        same = 0
-        for cached, token in zip(self._kv, state, strict=False):
-            if cached != token:
-                break
-            same += 1
-        return same
+        return _common(self._kv, state)
 
     def state_logits(self, state: tuple[int, ...], *, scoring: bool = False) -> np.ndarray:
         """Leave the KV cache holding exactly ``state``; the next-token logits.
@@ -633,9 +630,7 @@ class LlamaCppPolicy:
         for system, user in prompts:
             ids = self.chat_ids(system, user)
             logits = (
-                self._rubric_logits(system, ids)
-                if self.rubric_sequences
-                else self.state_logits(ids, scoring=True)
+                self._rubric_logits(ids) if self.rubric_sequences else self.state_logits(ids, scoring=True)
             )
             probs = _softmax(logits)
             p_true = float(probs[self.vocab.true_ids].sum())
@@ -643,38 +638,31 @@ class LlamaCppPolicy:
             scores.append(p_true / max(p_true + p_false, 1e-12))
         return scores
 
-    def _rubric_logits(self, rubric: str, ids: tuple[int, ...]) -> np.ndarray:
-        """The next-token logits after prompt ``ids`` of ``rubric``, read on that
-        rubric's own sequence from where its previous prompt diverges."""
+    def _rubric_logits(self, ids: tuple[int, ...]) -> np.ndarray:
+        """The next-token logits after critic prompt ``ids``, read on a rubric
+        sequence from where the longest cached prefix of it ends."""
         memory = self.llama._ctx.memory
-        if rubric in self._rubrics:
-            self._rubrics.move_to_end(rubric)
-            seq, held = self._rubrics[rubric]
-        else:
-            if len(self._rubrics) == self.rubric_sequences:
-                _, (seq, _) = self._rubrics.popitem(last=False)
-                self._llama_cpp.llama_memory_seq_rm(memory, seq, -1, -1)
-            else:
-                used = {seq for seq, _ in self._rubrics.values()}
-                seq = next(
-                    s
-                    for s in range(self.max_parallel + 1, self.max_parallel + 1 + self.rubric_sequences)
-                    if s not in used
-                )
-            held = []
-            self._rubrics[rubric] = (seq, held)
-        same = 0
-        for cached, token in zip(held, ids[:-1], strict=False):  # the last token is read for its logits
-            if cached != token:
-                break
-            same += 1
-        self._llama_cpp.llama_memory_seq_rm(memory, seq, same, -1)
-        del held[same:]
+        base = self.max_parallel + 1
+        shared = [_common(held, ids[:-1]) for held in self._held]  # the last token is read for its logits
+        best = max(range(len(self._held)), key=lambda i: (shared[i], self._used[i]))
+        same = shared[best]
+        slot = best
+        if same < len(self._held[best]) and len(self._held) > 1:
+            # Keep the best's other branch: continue on the least recently used
+            # other sequence, from a copy of the shared prefix (cells are shared, not copied).
+            slot = min((i for i in range(len(self._held)) if i != best), key=lambda i: self._used[i])
+            self._llama_cpp.llama_memory_seq_rm(memory, base + slot, -1, -1)
+            if same:
+                self._llama_cpp.llama_memory_seq_cp(memory, base + best, base + slot, 0, same)
+            self._held[slot] = self._held[best][:same]
+        self._llama_cpp.llama_memory_seq_rm(memory, base + slot, same, -1)
+        del self._held[slot][same:]
         if len(self._kv) + self._rubric_cells() + len(ids) - same > self._cells:
-            self._drop_rubrics(keep=rubric)
+            self._drop_rubrics(keep=slot)
             self._truncate(0)
-        logits = self._read_prompt(seq, ids[same:], start=same)
-        held.extend(ids[same:])
+        logits = self._read_prompt(base + slot, ids[same:], start=same)
+        self._held[slot].extend(ids[same:])
+        self._used[slot] = max(self._used) + 1
         self._stats.scoring_prefill_tokens += len(ids) - same
         self._stats.cached_tokens += same
         return logits
@@ -702,13 +690,27 @@ class LlamaCppPolicy:
         return np.ctypeslib.as_array(context.get_logits_ith(len(chunk) - 1), shape=(self.n_vocab,)).copy()
 
     def _rubric_cells(self) -> int:
-        return sum(len(held) for _, held in self._rubrics.values())
+        """Cells the rubric sequences may hold (an upper bound: copied prefixes share cells)."""
+        return sum(len(held) for held in self._held)
 
-    def _drop_rubrics(self, keep: str | None = None) -> None:
-        """Free the rubric sequences' cells (but ``keep``'s)."""
-        for rubric in [name for name in self._rubrics if name != keep]:
-            seq, _ = self._rubrics.pop(rubric)
-            self._llama_cpp.llama_memory_seq_rm(self.llama._ctx.memory, seq, -1, -1)
+    def _drop_rubrics(self, keep: int | None = None) -> None:
+        """Free the rubric sequences' cells (but slot ``keep``'s)."""
+        for slot in range(len(self._held)):
+            if slot != keep:
+                self._llama_cpp.llama_memory_seq_rm(
+                    self.llama._ctx.memory, self.max_parallel + 1 + slot, -1, -1
+                )
+                self._held[slot] = []
+
+
+def _common(held: Sequence[int], ids: Sequence[int]) -> int:
+    """Length of the common prefix of ``held`` and ``ids``."""
+    same = 0
+    for cached, token in zip(held, ids, strict=False):
+        if cached != token:
+            break
+        same += 1
+    return same
 
 
 def _streams(seed: int, index: int, count: int) -> list[np.random.Generator]:
