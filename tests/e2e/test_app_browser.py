@@ -77,8 +77,8 @@ def test_a_link_opens_a_node_and_back_walks_back(seeded_server: AppServer, page)
     wait_idle(page)
     assert node_heading(page) == "Node 3"
     assert "All 14 nodes as a table" in page.inner_text("body")  # tree 2 (tests/app_fixtures.py), not 1
-    controls = page.locator("button[aria-checked]").filter(has_text=re.compile(r"^Value$"))
-    next(c for c in (controls.nth(i) for i in range(controls.count())) if c.is_visible()).click()
+    # The explore tab's colour control (the hidden compare tab has one too); waits until drawn.
+    page.locator("button[aria-checked] >> visible=true").filter(has_text=re.compile(r"^Value$")).first.click()
     page.wait_for_url(re.compile(r"color=value"), timeout=30000)
     wait_idle(page)
     page.go_back()
