@@ -316,12 +316,12 @@ def test_each_rubric_keeps_its_prefix_and_leaves_the_policy_state_cached(f32_pol
             if policy is f32_policy:
                 reads.append(policy.stats().scoring_prefill_tokens - before)
     assert ours == pytest.approx(theirs, abs=1e-3)
-    # After each rubric's first prompt, a deeper prompt reads its new step and the
-    # closing question (about 25 tokens with the chat template's end) per rubric.
+    # After the first prompt, a deeper PRM prompt reads its new step and its closing
+    # question, and the ORM prompt that follows only its own closing question (the
+    # rubrics share everything before it): about 45 tokens with the chat template.
     for depth in range(2, len(steps) + 1):
         new_step = len(f32_policy.vocab.encode(f"Step {depth}: {steps[depth - 1]}"))
-        assert reads[depth - 1] <= 2 * (new_step + 30), (depth, reads, new_step)
-    assert sum(reads) < 0.5 * plain.stats().scoring_prefill_tokens
+        assert reads[depth - 1] <= new_step + 50, (depth, reads, new_step)
     cached = f32_policy.stats().cached_tokens
     f32_policy.state_logits(state)
     assert f32_policy.stats().cached_tokens - cached == len(state), "a critic evicted the policy's state"

@@ -1,11 +1,13 @@
 """Generative critics: the policy model asked a rubric question, score = p("True").
 
-The prompt puts the problem first, then the steps in order, then the question
-(for the PRM: about the newest step, named by its number). So a child's prompt
-extends its parent's up to the closing question, siblings share everything
-before their own step, and a backend that keeps a rubric's last prompt cached
-(``llamacpp``'s rubric sequences, ``hf``'s prefix cache) reads little more than
-the new step per scored node.
+Both rubrics share one grader system prompt and one layout: the problem, then
+the steps in order, then the rubric's own closing question (the PRM's about
+the newest step, named by its number; the ORM's about the final answer). So a
+child's prompt extends its parent's up to the closing question, siblings share
+everything before their own step, and an ORM prompt of a rollout extends the
+PRM prompt of the node it started from: a backend that keeps recent prompts
+cached (``llamacpp``'s rubric sequences, ``hf``'s prefix cache) reads little
+more than the new step, or the rollout, per scored node.
 """
 
 from __future__ import annotations
@@ -14,15 +16,14 @@ from collections.abc import Sequence
 
 from engine.types import TrajectoryRequest, TrueFalseScorer
 
-PRM_SYSTEM = (
-    "You are a strict grader of math solutions. You judge whether the newest step of a "
-    "partial solution is correct: its arithmetic is right and it follows from the problem and "
-    "the earlier steps. Reply with one word: True or False."
+GRADER_SYSTEM = (
+    "You are a strict grader of math solutions. You read a problem and the steps of a "
+    "solution, then answer the question asked about them with one word: True or False. "
+    "A step is right when its arithmetic is right and it follows from the problem and the "
+    "steps before it."
 )
-ORM_SYSTEM = (
-    "You are a strict grader of math solutions. You judge whether a complete solution reaches "
-    "the correct final answer to the problem. Reply with one word: True or False."
-)
+PRM_SYSTEM = ORM_SYSTEM = GRADER_SYSTEM
+"""The system prompt each rubric is asked (and trained) with."""
 
 
 def _numbered(steps: Sequence[str]) -> str:
@@ -30,21 +31,19 @@ def _numbered(steps: Sequence[str]) -> str:
     return "\n".join(lines) if lines else "(no steps yet)"
 
 
+def _graded(request: TrajectoryRequest, question: str) -> str:
+    return f"Problem: {request.question.strip()}\n\nSteps:\n{_numbered(request.steps)}\n\n{question}"
+
+
 def prm_prompt(request: TrajectoryRequest) -> str:
     newest = sum(1 for step in request.steps if step.strip())
-    return (
-        f"Problem: {request.question.strip()}\n\n"
-        f"Solution so far:\n{_numbered(request.steps)}\n\n"
-        f"Is step {newest} (the newest) correct? Answer True or False."
+    return _graded(
+        request, f"Is step {newest} right (its arithmetic, and what it concludes)? Answer True or False."
     )
 
 
 def orm_prompt(request: TrajectoryRequest) -> str:
-    return (
-        f"Problem: {request.question.strip()}\n\n"
-        f"Solution:\n{_numbered(request.steps)}\n\n"
-        "Is the solution's final answer correct? Answer True or False."
-    )
+    return _graded(request, "Does this solution reach the correct final answer? Answer True or False.")
 
 
 class GenerativePRM:
