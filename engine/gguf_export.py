@@ -34,7 +34,7 @@ CONVERTER_PARTS = (CONVERTER, "conversion", "gguf-py")
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 """Weight types the converter writes. ``q8_0`` is the default: half of f16's size,
-and as close to the trained weights as the 8-bit presets are to theirs."""
+for little loss (``f32`` where a test compares backends exactly)."""
 
 
 def converter_dir() -> Path:
