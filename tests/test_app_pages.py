@@ -325,6 +325,24 @@ def test_a_bad_link_is_ignored_not_an_error(seeded: SeedInfo, use_db) -> None:
     assert any("**fruits** **remain**" in line for line in texts(app, "markdown"))
 
 
+def test_critics_and_data_views_have_links(seeded: SeedInfo, use_db) -> None:
+    use_db(seeded.url)
+    run = seeded.run_ids["b"]
+    app = open_page("views/critics.py", query={"run": str(run), "x": "prm", "y": "orm", "threshold": "0.7"})
+    assert_clean(app)
+    assert not app.warning, [w.value for w in app.warning]  # no "default and Session State" clash
+    assert app.session_state["critics.runs"] == [run] and app.session_state["critics.threshold"] == 0.7
+    assert (app.session_state["critics.x"], app.session_state["critics.y"]) == ("prm", "orm")
+    bad = open_page("views/critics.py", query={"run": "999,x", "x": "bogus", "threshold": "high"})
+    assert_clean(bad)
+    assert not bad.warning and bad.session_state["critics.x"] != "bogus"
+    wanted = ",".join(str(i) for i in seeded.iteration_ids)
+    app = open_page("views/data.py", query={"kind": "sft", "iteration": f"{wanted},none"})
+    assert_clean(app)
+    chosen = app.session_state["data.iterations"]  # the ones the store's examples have
+    assert app.session_state["data.kinds"] == ["sft"] and chosen and set(chosen) <= set(seeded.iteration_ids)
+
+
 def test_trees_page_offers_the_tree_as_json_and_svg(seeded: SeedInfo, use_db) -> None:
     use_db(seeded.url)
     app = open_page("views/trees.py")

@@ -6,7 +6,7 @@ import html
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import data
+from app import data, links
 from app.components import CRITIC_HELP, open_in_trees, require_store
 from app.critic_stats import classification, disagreements, reliability
 from app.layout import WEBGL_ABOVE, custom_values
@@ -32,10 +32,21 @@ if runs.empty:
     st.info("No runs yet — start a search on the **Search** page or click **Run a demo search** on **Home**.")
     st.stop()
 
+LINK = [  # /critics?run=4,5&x=prm&y=orm&threshold=0.6
+    links.list_param("run", "critics.runs", int),
+    links.key_param("x", "critics.x"),
+    links.key_param("y", "critics.y"),
+    links.key_param("threshold", "critics.threshold", lambda text: min(1.0, max(0.0, float(text)))),
+]
+links.restore("critics", LINK)
+known = set(runs["id"].tolist())
+if "critics.runs" in st.session_state:  # from a link: only runs that exist
+    st.session_state["critics.runs"] = [i for i in st.session_state["critics.runs"] if i in known]
 run_ids = st.multiselect(
     "Runs to include",
     runs["id"].tolist(),
-    default=runs["id"].tolist()[:RECENT_RUNS],
+    # The first draw picks the newest runs; later draws keep the user's pick (passing both warns).
+    **({} if "critics.runs" in st.session_state else {"default": runs["id"].tolist()[:RECENT_RUNS]}),
     format_func=lambda i: data.run_label(runs[runs["id"] == i].iloc[0]),
     key="critics.runs",
     help=f"The {RECENT_RUNS} newest runs are included at first.",
@@ -64,6 +75,15 @@ def open_from(key: str, table) -> None:  # noqa: ANN001 (a DataFrame or the char
             st.session_state["critics.open"] = (int(values[0]), int(values[1]))
 
 
+def _first(key: str, options: list[str]) -> dict:
+    """Start a selectbox on its first option unless the session (a link, an
+    earlier pick) already holds one of ``options`` (passing both warns)."""
+    if st.session_state.get(key) in options:
+        return {}
+    st.session_state.pop(key, None)
+    return {"index": 0}
+
+
 def disagreement_tab() -> None:
     if len(available) < 2:
         st.info(
@@ -72,11 +92,19 @@ def disagreement_tab() -> None:
         return
     left, right, _ = st.columns([1, 1, 2])
     x = left.selectbox(
-        "Critic on the x axis", available, index=0, key="critics.x", format_func=data.CRITIC_NAMES.get
+        "Critic on the x axis",
+        available,
+        key="critics.x",
+        format_func=data.CRITIC_NAMES.get,
+        **_first("critics.x", available),
     )
     rest = [name for name in available if name != x]
     y = right.selectbox(
-        "Critic on the y axis", rest, index=0, key="critics.y", format_func=data.CRITIC_NAMES.get
+        "Critic on the y axis",
+        rest,
+        key="critics.y",
+        format_func=data.CRITIC_NAMES.get,
+        **_first("critics.y", rest),
     )
     x_col, y_col = data.SCORE_COLUMNS[x], data.SCORE_COLUMNS[y]
     both = nodes.dropna(subset=[x_col, y_col])
@@ -200,7 +228,12 @@ def calibration_tab() -> None:
     )
     st.plotly_chart(figure, key="critics.reliability")
     threshold = st.slider(
-        "Count a score as “predicts correct” from", 0.0, 1.0, 0.5, 0.05, key="critics.threshold"
+        "Count a score as “predicts correct” from",
+        min_value=0.0,
+        max_value=1.0,
+        step=0.05,
+        key="critics.threshold",
+        **({} if "critics.threshold" in st.session_state else {"value": 0.5}),
     )
     st.caption(
         f"Each critic as a yes/no predictor over {len(labelled)} nodes with a verified outcome "
@@ -236,5 +269,6 @@ with tab_disagree:
     disagreement_tab()
 with tab_calibration:
     calibration_tab()
+links.publish("critics", LINK)
 if (target := st.session_state.pop("critics.open", None)) is not None:
     open_in_trees(*target)

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app import data
+from app import data, links
 from app.components import require_store
 from store.example_kinds import EXAMPLE_KINDS
 from store.examples import PROVENANCE_KEYS
@@ -35,6 +35,25 @@ pivot = counts.assign(
 ).pivot_table(index="iteration", columns="kind", values="examples", aggfunc="sum", fill_value=0)
 st.bar_chart(pivot, height=260, x_label="self-improvement iteration", y_label="examples")
 
+
+def _iteration(text: str) -> int | None:
+    return None if text == "none" else int(text)
+
+
+LINK = [  # /data?kind=sft,dpo&iteration=3,none
+    links.list_param("kind", "data.kinds"),
+    links.Param(
+        "iteration",
+        lambda: (
+            ",".join("none" if i is None else str(i) for i in st.session_state.get("data.iterations") or [])
+            or None
+        ),
+        lambda text: st.session_state.__setitem__(
+            "data.iterations", [_iteration(t) for t in text.split(",") if t]
+        ),
+    ),
+]
+links.restore("data", LINK)
 st.subheader("Export")
 left, right = st.columns(2)
 kinds = left.multiselect("Kinds", sorted(by_kind.index), key="data.kinds", help="Leave empty for all kinds.")
@@ -49,6 +68,7 @@ chosen = right.multiselect(
     help="Leave empty for all.",
     format_func=lambda i: "no iteration" if i is None else f"{i}: {names.get(i, '')}",
 )
+links.publish("data", LINK)
 jsonl = data.examples_jsonl(url, tuple(kinds), tuple(chosen))
 lines = jsonl.count("\n")
 st.download_button(
