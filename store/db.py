@@ -112,7 +112,7 @@ def make_engine(url: str | None = None, *, create: bool = True, check: bool = Tr
             else:
                 _create_schema(engine)
             _check_writable(engine)
-        if check or create:
+        elif check:
             check_schema(engine)
     except (OperationalError, DatabaseError) as exc:
         engine.dispose()
