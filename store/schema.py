@@ -12,10 +12,10 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The number of the newest Alembic revision (``store/migrations/versions``),
 also stored in ``schemainfo``; a change of the tables comes with a migration."""
 
@@ -153,6 +153,8 @@ class Node(SQLModel, table=True):
     the option's policy prior among its siblings, in [0, 1]. The score columns are
     each critic's own view (``combined`` is their weighted mean, what the search
     backs up). ``rollouts`` is a list of ``{text, tokens, answer, orm, tool}``.
+    ``token_logprobs`` holds each of ``token_ids``' log-probability under the
+    policy when it was sampled (empty for nodes stored before schema 4).
     """
 
     __table_args__ = (UniqueConstraint("tree_id", "index"),)
@@ -164,6 +166,9 @@ class Node(SQLModel, table=True):
     depth: int = 0
     option_text: str = ""
     token_ids: list[int] = _json([])
+    token_logprobs: list[float] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default=text("'[]'"))
+    )
     token_count: int = 0
     logprob_sum: float = 0.0
     logprob_mean: float = 0.0
@@ -219,6 +224,31 @@ class VerifierProgram(SQLModel, table=True):
     output: str = ""
     error: str = ""
     verdict: str | None = None
+
+
+LABEL_VERDICTS = ("correct", "incorrect", "unsure")
+"""What a person can say about a step, in the order the studio offers them."""
+
+
+class Label(SQLModel, table=True):
+    """A person's verdict on one node's step: ``verdict`` is one of
+    ``LABEL_VERDICTS``, ``note`` free text. One label per author and node (a
+    second one replaces it); ``run_id`` is the tree's run, kept so labels can be
+    filtered by run without a join. Human labels take precedence over mined
+    ones when the improve loop trains the PRM and the value head.
+    """
+
+    __table_args__ = (UniqueConstraint("tree_id", "node_index", "author"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    tree_id: int = Field(foreign_key="tree.id", index=True)
+    node_index: int
+    verdict: str
+    note: str = ""
+    author: str
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class SearchEvent(SQLModel, table=True):

@@ -245,12 +245,14 @@ def _contents(path: Path, tables=KEPT_TABLES) -> dict[str, list[tuple]]:
 
 
 def _old_columns(path: Path) -> dict[str, list[tuple]]:
-    """The upgraded run table without the column schema 2 added, like schema 1's."""
+    """The upgraded tables without the columns later schemas added (run.backend
+    in 2, node.token_logprobs in 4), like schema 1's."""
     contents = _contents(path)
-    with sqlite3.connect(path) as raw:
-        columns = [row[1] for row in raw.execute("PRAGMA table_info(run)")]
-    keep = [i for i, name in enumerate(columns) if name != "backend"]
-    contents["run"] = sorted((tuple(row[i] for i in keep) for row in contents["run"]), key=repr)
+    for table, added in (("run", "backend"), ("node", "token_logprobs")):
+        with sqlite3.connect(path) as raw:
+            columns = [row[1] for row in raw.execute(f"PRAGMA table_info({table})")]
+        keep = [i for i, name in enumerate(columns) if name != added]
+        contents[table] = sorted((tuple(row[i] for i in keep) for row in contents[table]), key=repr)
     return contents
 
 
@@ -266,7 +268,7 @@ def test_a_schema_1_store_is_upgraded_in_place_with_everything_kept(tmp_path, wi
     before = _contents(path)
     assert before["run"] and before["tree"] and before["node"] and before["trainingexample"]
     with pytest.raises(
-        StoreError, match=r"schema revision 0001, this Canopy needs 0003; .*canopy db upgrade --db"
+        StoreError, match=r"schema revision 0001, this Canopy needs 0004; .*canopy db upgrade --db"
     ):
         make_engine(str(path))
     engine = make_engine(str(path), create=False, check=False)
@@ -277,6 +279,9 @@ def test_a_schema_1_store_is_upgraded_in_place_with_everything_kept(tmp_path, wi
     if without_programs:
         assert after.pop("verifierprogram") == []
     assert after == before
+    with sqlite3.connect(path) as raw:  # no migration copied ``node`` and lost the text index's triggers
+        triggers = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert triggers == {"node_fts_insert", "node_fts_update", "node_fts_delete"}
     engine = make_engine(str(path))  # opens now, and writes
     assert schema_revision(engine) == HEAD_REVISION
     with Session(engine) as session:
@@ -291,7 +296,7 @@ def test_a_store_from_a_newer_canopy_is_refused(tmp_path) -> None:
     make_engine(str(path)).dispose()
     with sqlite3.connect(path) as raw:
         raw.execute("UPDATE alembic_version SET version_num = '0099'")
-    with pytest.raises(StoreError, match="revision 0099, newer or other than this Canopy's 0003"):
+    with pytest.raises(StoreError, match="revision 0099, newer or other than this Canopy's 0004"):
         make_engine(str(path))
 
 
@@ -301,11 +306,11 @@ def test_canopy_db_status_and_upgrade(tmp_path, capsys) -> None:
     path = tmp_path / "old.db"
     shutil.copy(SCHEMA_1, path)
     assert main(["db", "status", "--db", str(path)]) == 0
-    assert "schema revision 0001; this Canopy needs 0003 (run `canopy db upgrade`)" in capsys.readouterr().out
+    assert "schema revision 0001; this Canopy needs 0004 (run `canopy db upgrade`)" in capsys.readouterr().out
     assert main(["trees", "--db", str(path)]) == 2
     assert "canopy db upgrade --db" in capsys.readouterr().err
     assert main(["db", "upgrade", "--db", str(path)]) == 0
-    assert capsys.readouterr().out.strip() == "upgraded from 0001 to 0003"
+    assert capsys.readouterr().out.strip() == "upgraded from 0001 to 0004"
     assert main(["trees", "--db", str(path)]) == 0
     assert main(["db", "upgrade", "--db", str(tmp_path / "none.db")]) == 2
     assert "no database at" in capsys.readouterr().err
@@ -343,7 +348,7 @@ def test_a_schema_1_postgresql_store_is_upgraded_in_place(postgres) -> None:
     engine.dispose()
     with pytest.raises(StoreError, match="schema revision 0001, .*canopy db upgrade --db postgresql"):
         make_engine(url)
-    assert upgrade(make_engine(url, create=False, check=False)) == ("0001", "0003")
+    assert upgrade(make_engine(url, create=False, check=False)) == ("0001", "0004")
     engine = make_engine(url)
     assert contents() == before
     reloaded, _ = load_tree(engine, result.tree_id)
