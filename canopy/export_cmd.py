@@ -1,4 +1,5 @@
-"""``canopy export``: write mined training examples of one kind to a file.
+"""``canopy export``: write mined training examples of one kind, or people's
+step labels (``--kind labels``, records of ``store.labels.label_records``), to a file.
 
 Both formats hold the records of ``store.examples``: each example's payload
 plus ``id``, ``kind``, ``iteration_id``, ``source_tree_id`` and
@@ -21,12 +22,21 @@ from canopy.errors import UsageError
 from store.example_kinds import EXAMPLE_KINDS
 
 FORMATS = ("jsonl", "hf")
+LABELS = "labels"
+"""The ``--kind`` that exports people's step labels instead of mined examples."""
 
 
 def add_export_parser(subcommands) -> argparse.ArgumentParser:
     """Add the ``export`` subcommand to ``subcommands`` (argparse's subparsers)."""
-    parser = subcommands.add_parser("export", help="Write mined training examples to JSONL or a HF dataset.")
-    parser.add_argument("--kind", required=True, choices=list(EXAMPLE_KINDS), help="Which examples.")
+    parser = subcommands.add_parser(
+        "export", help="Write mined training examples, or people's step labels, to JSONL or a HF dataset."
+    )
+    parser.add_argument(
+        "--kind",
+        required=True,
+        choices=[*EXAMPLE_KINDS, LABELS],
+        help="Which examples, or `labels`: the steps people labelled in the studio.",
+    )
     parser.add_argument(
         "--format", default="jsonl", choices=FORMATS, help="jsonl file or hf dataset folder (default: jsonl)."
     )
@@ -73,7 +83,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = Path(args.out).expanduser()
     _check_out(out, args.format)
+    if args.kind == LABELS and args.iteration is not None:
+        raise UsageError("labels belong to no iteration; drop --iteration with --kind labels")
     engine = make_engine(args.db, create=False)
+    if args.kind == LABELS:
+        from store.labels import label_records
+
+        records = label_records(engine)
+        if not records:
+            raise UsageError("no labels in the database; label steps in the studio's node detail first")
+        _write(records, out, args.format)
+        print(f"wrote {len(records)} label{'s' if len(records) != 1 else ''} to {out}")
+        return 0
     if args.iteration is not None:
         with Session(engine) as session:
             if session.get(schema.Iteration, args.iteration) is None:
@@ -83,10 +104,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not records:
         where = "" if args.iteration is None else f" of iteration {args.iteration}"
         raise UsageError(f"no {args.kind} examples{where} in the database; mine some trees first")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        (_write_jsonl if args.format == "jsonl" else _write_hf)(records, out)
-    except OSError as exc:
-        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    _write(records, out, args.format)
     print(f"wrote {len(records)} {args.kind} examples to {out}")
     return 0
+
+
+def _write(records: list[dict[str, Any]], out: Path, fmt: str) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        (_write_jsonl if fmt == "jsonl" else _write_hf)(records, out)
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
