@@ -36,6 +36,7 @@ def _node_fields(node: Node, root_state: tuple[int, ...]) -> dict[str, Any]:
         "depth": node.depth,
         "option_text": option.text if option else "",
         "token_ids": list(option.token_ids) if option else list(root_state),
+        "token_logprobs": list(option.token_logprobs) if option else [],
         "token_count": len(option.token_ids) if option else 0,
         "logprob_sum": option.logprob_sum if option else 0.0,
         "logprob_mean": option.logprob_mean if option else 0.0,
@@ -375,6 +376,7 @@ def load_tree(engine: Engine, tree_id: int) -> tuple[Tree, Problem]:
                 logprob_mean=row.logprob_mean,
                 finished=row.stop_reason == "eos",
                 stop_reason=row.stop_reason,
+                token_logprobs=tuple(row.token_logprobs),
             )
         nodes.append(
             Node(

@@ -59,6 +59,11 @@ class Option:
             token) rather than one step.
         stop_reason: which termination fired ("newline", "blank_line",
             "formula", "token_cap", "eos").
+        token_logprobs: each of ``token_ids``' log-probability under the policy
+            at temperature 1, in (-inf, 0], in order (what the studio colours a
+            step's tokens by); their sum is ``logprob_sum`` up to rounding.
+            Empty where the backend could not tell (an ``openai`` server whose
+            tokens differ from the local tokenizer's), else one per token.
     """
 
     text: str
@@ -67,10 +72,27 @@ class Option:
     logprob_mean: float
     finished: bool
     stop_reason: str
+    token_logprobs: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.token_logprobs and len(self.token_logprobs) != len(self.token_ids):
+            raise ValueError(
+                f"an option has {len(self.token_ids)} tokens but {len(self.token_logprobs)} token "
+                "log-probs; give one per token, or none"
+            )
 
     @classmethod
-    def sampled(cls, text: str, token_ids: Sequence[int], logprob_sum: float, stop_reason: str) -> Option:
-        """An option from a sampling loop: the mean and ``finished`` follow from the rest."""
+    def sampled(
+        cls,
+        text: str,
+        token_ids: Sequence[int],
+        logprob_sum: float,
+        stop_reason: str,
+        token_logprobs: Sequence[float],
+    ) -> Option:
+        """An option from a sampling loop: the mean and ``finished`` follow from
+        the rest. ``logprob_sum`` is the loop's own running sum, passed as it
+        was accumulated so a search's priors stay bit-for-bit what they were."""
         return cls(
             text=text,
             token_ids=tuple(token_ids),
@@ -78,6 +100,7 @@ class Option:
             logprob_mean=logprob_sum / len(token_ids),
             finished=stop_reason == "eos",
             stop_reason=stop_reason,
+            token_logprobs=tuple(token_logprobs),
         )
 
 

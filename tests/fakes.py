@@ -67,7 +67,8 @@ class FakePolicy:
         text = self.tokenizer.decode(ids)
         logprob = -0.1 * len(ids) - rng.random()
         reason = termination(text) or "token_cap"
-        return Option(text, ids, logprob, logprob / len(ids), finished=False, stop_reason=reason)
+        per_token = (logprob / len(ids),) * len(ids)
+        return Option(text, ids, logprob, logprob / len(ids), False, reason, token_logprobs=per_token)
 
     def propose(self, state, *, k, termination, max_tokens, temperature, seed) -> list[Option]:
         self.calls.append(("propose", k))
@@ -86,7 +87,8 @@ class FakePolicy:
             for _ in range(n):
                 text = rng.choice(("3 + 4 = 7.\n", "3 + 4 = 8.\n")) + rng.choice(finals)
                 ids = self.tokenizer.encode(text)[:max_tokens]
-                options.append(Option(self.tokenizer.decode(ids), ids, -1.0, -0.1, True, "eos"))
+                per_token = (-1.0 / len(ids),) * len(ids)
+                options.append(Option(self.tokenizer.decode(ids), ids, -1.0, -0.1, True, "eos", per_token))
             self._stats.generated_tokens += sum(len(o.token_ids) for o in options)
             batches.append(options)
         return batches

@@ -78,13 +78,13 @@ def f32_policy(tmp_path_factory):
     return LlamaCppPolicy(target, name="smollm2-f32", n_ctx=1024, n_threads=1, max_parallel=4)
 
 
-def _rescored(reader, state, token_ids) -> float:
-    """Log-prob sum of ``token_ids`` after ``state``, read one token at a time on sequence 0."""
-    total = 0.0
+def _rescored(reader, state, token_ids) -> list[float]:
+    """Each log-prob of ``token_ids`` after ``state``, read one token at a time on sequence 0."""
+    logprobs = []
     for index, token in enumerate(token_ids):
         logits = reader.state_logits(state + tuple(token_ids[:index])).astype(np.float64)
-        total += logits[token] - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
-    return total
+        logprobs.append(float(logits[token] - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))))
+    return logprobs
 
 
 def test_options_are_well_formed_with_logprobs_at_most_zero(policy) -> None:
@@ -95,6 +95,8 @@ def test_options_are_well_formed_with_logprobs_at_most_zero(policy) -> None:
         assert 1 <= len(option.token_ids) <= 12
         assert option.logprob_sum <= 0
         assert option.logprob_mean == pytest.approx(option.logprob_sum / len(option.token_ids))
+        assert len(option.token_logprobs) == len(option.token_ids)
+        assert sum(option.token_logprobs) == option.logprob_sum, "summed in the sampler's order"
         assert option.text == policy.decode(option.token_ids)
         assert option.stop_reason in ("newline", "token_cap", "eos")
         if option.stop_reason == "newline":
@@ -170,9 +172,9 @@ def test_batched_samples_match_a_one_by_one_rescoring(f32_policy) -> None:
         (state, option) for state, options in zip(states, completed, strict=True) for option in options
     ]
     for state, option in checks:
-        assert _rescored(reader, state, option.token_ids) == pytest.approx(
-            option.logprob_sum, rel=1e-3, abs=1e-3
-        )
+        rescored = _rescored(reader, state, option.token_ids)
+        assert sum(rescored) == pytest.approx(option.logprob_sum, rel=1e-3, abs=1e-3)
+        assert rescored == pytest.approx(list(option.token_logprobs), abs=3e-3), "each token's own"
     assert len({option.token_ids for _, option in checks}) > 1, "the samples are not independent"
 
 
@@ -194,7 +196,7 @@ def test_rollouts_of_different_states_decode_together_as_they_would_alone(f32_po
     together = f32_policy.complete(states, n=1, termination=_never, max_tokens=6, temperature=1.0, seed=2)
     assert batches == [3], "one rollout per leaf, all three in one batch"
     for state, [option] in zip(states, together, strict=True):
-        assert _rescored(reader, state, option.token_ids) == pytest.approx(
+        assert sum(_rescored(reader, state, option.token_ids)) == pytest.approx(
             option.logprob_sum, rel=1e-3, abs=1e-3
         )
 

@@ -99,6 +99,9 @@ def test_propose_against_a_real_server(policy) -> None:
         assert option.stop_reason in ("newline", "token_cap", "eos")
         if option.stop_reason == "newline":
             assert "\n" in option.text and not option.text.rstrip("\n").count("\n") > 1
+    # The local GGUF tokenizer is the server's own: every option keeps its per-token log-probs.
+    assert all(len(o.token_logprobs) == len(o.token_ids) for o in options), [o.text for o in options]
+    assert [sum(o.token_logprobs) for o in options] == pytest.approx([o.logprob_sum for o in options])
     again = policy.propose(state, k=3, termination=NEWLINE, max_tokens=12, temperature=0.8, seed=7)
     assert [o.text for o in again] == [o.text for o in options], "same seed, different options"
     stats = policy.stats()
@@ -205,6 +208,17 @@ def test_5xx_is_retried_then_the_answer_is_cut_at_the_termination(scripted) -> N
     assert scripted.requests == 2
     assert option.text == "4 * 6\n" and option.stop_reason == "newline"
     assert option.logprob_sum == pytest.approx(-1.0) and option.logprob_mean == pytest.approx(-1.0 / 3)
+    assert option.token_logprobs == (), "the server's 3 tokens are not the local tokenizer's 6"
+
+
+def test_per_token_logprobs_are_kept_where_the_servers_tokens_are_the_local_ones(scripted) -> None:
+    tokens, logprobs = ["4", "*", "6", "\n", "Next"], [-0.5, -0.25, None, -0.125, -1.0]
+    scripted.script += [(200, {"choices": [_choice(tokens, logprobs)]})]
+    client = _client(f"http://127.0.0.1:{scripted.server_port}")
+    (option,) = client.propose((65,), k=1, termination=NEWLINE, max_tokens=8, temperature=1.0, seed=0)
+    assert option.text == "4*6\n" and option.token_ids == (52, 42, 54, 10)
+    assert option.token_logprobs == (-0.5, -0.25, 0.0, -0.125), "a missing log-prob counts 0, as in the sum"
+    assert sum(option.token_logprobs) == option.logprob_sum
 
 
 def test_an_answer_without_logprobs_is_a_clear_error(scripted) -> None:

@@ -53,13 +53,21 @@ def test_child_state_is_cached_whole_and_matches_a_fresh_forward(components) -> 
         o.logprob_sum <= 0 and o.logprob_mean == pytest.approx(o.logprob_sum / len(o.token_ids))
         for o in options
     )
+    for option in options:  # one log-prob per token, summed in the order the sampler summed them
+        assert len(option.token_logprobs) == len(option.token_ids)
+        assert sum(option.token_logprobs) == option.logprob_sum and max(option.token_logprobs) <= 0
     child = next(o for o in options if not o.finished)
     child_state = state + child.token_ids
     entry = policy.cache.get(child_state)
     assert entry is not None, "a finished option's state must be cached for its expansion"
     with torch.inference_mode():
-        fresh = policy.model(input_ids=torch.tensor([child_state])).logits[:, -1].float()
+        logits = policy.model(input_ids=torch.tensor([child_state])).logits[0].float()
+    fresh = logits[-1:]
     assert torch.allclose(fresh, entry.logits, atol=1e-3)
+    # Each stored log-prob belongs to its own token: a teacher-forced read gives the same.
+    read = torch.log_softmax(logits[len(state) - 1 : -1], dim=-1)
+    forced = read.gather(1, torch.tensor(child.token_ids)[:, None]).squeeze(1)
+    assert forced.tolist() == pytest.approx(list(child.token_logprobs), abs=1e-3)
     before = policy.stats()
     policy.propose(child_state, k=2, termination=newline, max_tokens=8, temperature=0.8, seed=6)
     after = policy.stats()

@@ -64,6 +64,22 @@ def test_search_round_trips_through_the_store(engine) -> None:
     assert all(event.data["path"][0] == 0 for event in backups)
 
 
+def test_each_options_token_logprobs_are_stored_and_read_back(engine) -> None:
+    """What the studio colours a step's tokens by, and what a resumed search keeps."""
+    result = search_problem(engine, PROBLEM, model="fake", config=_config(4), components=_components())
+    tree, _ = load_tree(engine, result.tree_id)
+    with Session(engine) as session:
+        rows = session.exec(
+            select(schema.Node).where(schema.Node.tree_id == result.tree_id).order_by(schema.Node.index)
+        ).all()
+    assert rows[0].token_logprobs == [], "the root is the prompt: nothing was sampled"
+    assert len(rows) == len(tree.nodes) > 1
+    for row, node in zip(rows[1:], tree.nodes[1:], strict=True):
+        assert len(row.token_logprobs) == len(row.token_ids) == len(node.option.token_ids)
+        assert tuple(row.token_logprobs) == node.option.token_logprobs
+        assert sum(row.token_logprobs) == pytest.approx(row.logprob_sum)
+
+
 def test_stored_config_says_which_critics_ran(engine) -> None:
     result = search_problem(engine, PROBLEM, model="fake", config=_config(3), components=_components())
     with Session(engine) as session:

@@ -306,6 +306,7 @@ class HFPolicy:
         )
         total = len(owner)
         tokens: list[list[int]] = [[] for _ in range(total)]
+        token_logprobs: list[list[float]] = [[] for _ in range(total)]
         logprobs = [0.0] * total
         reasons: list[str | None] = [None] * total
         stored = [False] * total
@@ -320,6 +321,7 @@ class HFPolicy:
                 for pos, token, logprob in zip(drawing, picked, picked_logprobs, strict=True):
                     row = rows[pos]
                     tokens[row].append(token)
+                    token_logprobs[row].append(logprob)
                     logprobs[row] += logprob
                     reasons[row] = stop_reason(
                         tokens[row],
@@ -361,7 +363,9 @@ class HFPolicy:
         self._stats.generated_tokens += sum(len(row_tokens) for row_tokens in tokens)
         self._stats.generate_seconds += time.perf_counter() - started
         options = [
-            Option.sampled(self.decode(tokens[row]), tokens[row], logprobs[row], reasons[row])
+            Option.sampled(
+                self.decode(tokens[row]), tokens[row], logprobs[row], reasons[row], token_logprobs[row]
+            )
             for row in range(total)
         ]
         ends = list(itertools.accumulate(counts))

@@ -511,6 +511,7 @@ class LlamaCppPolicy:
         count = len(samples)
         memory = self.llama._ctx.memory
         tokens: list[list[int]] = [[] for _ in range(count)]
+        token_logprobs: list[list[float]] = [[] for _ in range(count)]
         logprob_sums = [0.0] * count
         reasons: list[str | None] = [None] * count
         rows: list[np.ndarray] = []
@@ -529,6 +530,7 @@ class LlamaCppPolicy:
                 for sample in running:
                     token, logprob = _draw(rows[sample], temperature, samples[sample][1])
                     tokens[sample].append(token)
+                    token_logprobs[sample].append(logprob)
                     logprob_sums[sample] += logprob
                     reason = stop_reason(
                         tokens[sample],
@@ -559,8 +561,10 @@ class LlamaCppPolicy:
                 self._llama_cpp.llama_memory_seq_rm(memory, sample + 1, -1, -1)
         self._stats.generated_tokens += sum(len(sample_tokens) for sample_tokens in tokens)
         return [
-            Option.sampled(self.decode(sample_tokens), sample_tokens, logprob_sum, reason)
-            for sample_tokens, logprob_sum, reason in zip(tokens, logprob_sums, reasons, strict=True)
+            Option.sampled(self.decode(sample_tokens), sample_tokens, logprob_sum, reason, sample_logprobs)
+            for sample_tokens, logprob_sum, reason, sample_logprobs in zip(
+                tokens, logprob_sums, reasons, token_logprobs, strict=True
+            )
         ]
 
     def _decode_step(self, feed: Sequence[tuple[int, int, int]]) -> list[np.ndarray]:

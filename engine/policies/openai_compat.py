@@ -337,13 +337,14 @@ class OpenAIPolicy:
         text = ""
         total = 0.0
         reason: str | None = None
-        count = 0
+        kept: list[tuple[str, float]] = []
         for piece, value in zip(pieces, values, strict=False):
             text += piece
-            total += value if value is not None and math.isfinite(value) else 0.0
-            count += 1
+            kept.append((piece, value if value is not None and math.isfinite(value) else 0.0))
+            total += kept[-1][1]
             if reason := termination(text):
                 break
+        count = len(kept)
         if reason is None:
             finish = choice.get("finish_reason")
             if finish == "stop":
@@ -368,7 +369,20 @@ class OpenAIPolicy:
             logprob_mean=total / max(count, 1),
             finished=reason == "eos",
             stop_reason=reason,
+            token_logprobs=self._token_logprobs(token_ids, kept),
         )
+
+    def _token_logprobs(
+        self, token_ids: Sequence[int], kept: Sequence[tuple[str, float]]
+    ) -> tuple[float, ...]:
+        """The server's per-token log-probs as ``token_ids``' own, where its
+        tokens are exactly the local tokenizer's (each id decodes to the
+        server's piece); otherwise none, rather than log-probs pinned to the
+        wrong tokens (a stop string put back, a character split differently)."""
+        pieces = [self.tokenizer.decode([token], special=True) for token in token_ids]
+        if pieces != [piece for piece, _ in kept]:
+            return ()
+        return tuple(value for _, value in kept)
 
     # -- scoring -------------------------------------------------------------
 

@@ -132,19 +132,23 @@ class VLLMPolicy:
         return results
 
     def _option(self, sample, termination: TerminationFn) -> Option:
+        """The option in one vLLM sample, cut where ``termination`` fires; a
+        token vLLM gave no finite log-prob for counts 0."""
         tokens: list[int] = []
+        logprobs: list[float] = []
         total = 0.0
         reason: str | None = None
         for index, token in enumerate(sample.token_ids):
             tokens.append(token)
             entry = (sample.logprobs or [{}] * (index + 1))[index].get(token)
-            total += entry.logprob if entry is not None and math.isfinite(entry.logprob) else 0.0
+            logprobs.append(entry.logprob if entry is not None and math.isfinite(entry.logprob) else 0.0)
+            total += logprobs[-1]
             reason = stop_reason(tokens, eos_ids=self.eos_ids, termination=termination, decode=self.decode)
             if reason:
                 break
         self._stats.generated_tokens += len(tokens)
         reason = reason or ("eos" if sample.finish_reason == "stop" else "token_cap")
-        return Option.sampled(self.decode(tokens), tokens, min(total, 0.0), reason)
+        return Option.sampled(self.decode(tokens), tokens, min(total, 0.0), reason, logprobs)
 
     def score_true(self, prompts: Sequence[tuple[str, str]]) -> list[float]:
         """p("True") / (p("True") + p("False")) of the first reply token, from its
