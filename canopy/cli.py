@@ -13,6 +13,7 @@ import sys
 
 from canopy.app_cmd import add_app_parser, cmd_app
 from canopy.common import Interrupted
+from canopy.credit_cmd import add_credit_parser, cmd_credit
 from canopy.db_cmd import add_db_parser, cmd_db
 from canopy.errors import CanopyError
 from canopy.eval_cmd import add_eval_parser, cmd_eval
@@ -28,6 +29,7 @@ EXIT_INTERRUPTED = 130
 COMMANDS = {
     "search": (add_search_parser, cmd_search),
     "trees": (add_trees_parser, cmd_trees),
+    "credit": (add_credit_parser, cmd_credit),
     "models": (add_models_parser, cmd_models),
     "eval": (add_eval_parser, cmd_eval),
     "export": (add_export_parser, cmd_export),
