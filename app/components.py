@@ -106,6 +106,7 @@ def tree_chart(
     show_filtered: bool = True,
     height: int = 560,
     selectable: bool = True,
+    marks: dict[int, str] | None = None,
 ) -> None:
     figure = build_tree_figure(
         snapshot,
@@ -114,6 +115,7 @@ def tree_chart(
         selected=selected_index(tree_id) if selectable else None,
         show_filtered=show_filtered,
         height=height,
+        marks=marks,
     )
     config = {
         "scrollZoom": True,

@@ -19,9 +19,13 @@ from engine.calibration import verified_outcome
 from store import queries
 from store.db import StoreError, default_db_url, make_engine, normalize_url
 from store.examples import export_records, jsonl_line
+from store.labels import RECORD_KEYS as LABEL_RECORD_KEYS
+from store.labels import human_verdicts as store_human_verdicts
+from store.labels import label_records
 from store.schema import (
     FilteredOption,
     Iteration,
+    Label,
     Node,
     Problem,
     Run,
@@ -416,3 +420,77 @@ def run_progress(url: str, run_id: int) -> tuple[dict[str, Any] | None, pd.DataF
     run = run_rows[0]
     run["state"] = run_state(run["status"], run["heartbeat_at"], run["pid"])
     return run, tree_rows
+
+
+# -- people's labels (store.labels) ------------------------------------------------
+
+
+def labels_stamp(url: str) -> tuple[Any, ...]:
+    """Changes whenever a label is added, replaced or removed (its count and
+    newest change), so the label queries below refresh exactly then."""
+    statement = select(func.count(Label.id), func.max(Label.updated_at), func.sum(Label.id))
+    rows = _rows(url, statement)
+    return tuple(rows[0].values()) if rows else ()
+
+
+LABEL_COLUMNS = ["node_index", "author", "verdict", "note", "updated_at"]
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def tree_labels(url: str, tree_id: int, stamp: tuple[Any, ...]) -> pd.DataFrame:
+    """A tree's labels (``LABEL_COLUMNS``), by node then author."""
+    columns = [Label.node_index, Label.author, Label.verdict, Label.note, Label.updated_at]
+    statement = select(*columns).where(Label.tree_id == tree_id).order_by(Label.node_index, Label.author)
+    return _frame(_rows(url, statement), LABEL_COLUMNS)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def label_table(
+    url: str,
+    stamp: tuple[Any, ...],
+    run_ids: tuple[int, ...] | None,
+    verdicts: tuple[str, ...] | None,
+    authors: tuple[str, ...] | None,
+) -> pd.DataFrame:
+    """``store.labels.label_records`` (newest first) with the labelled node's
+    critic scores and Q beside each label."""
+    records = label_records(engine(url), run_ids=run_ids, verdicts=verdicts, authors=authors)
+    table = pd.DataFrame(records, columns=list(LABEL_RECORD_KEYS))
+    scores = [Node.tree_id, Node.index, *(getattr(Node, c) for c in SCORE_COLUMNS.values())]
+    keys = sorted({(r["tree_id"], r["node_index"]) for r in records})
+    found = pd.DataFrame(columns=["tree_id", "node_index", *SCORE_COLUMNS.values()])
+    if keys:
+        statement = select(*scores).where(Node.tree_id.in_(sorted({t for t, _ in keys})))
+        found = pd.DataFrame(_rows(url, statement)).rename(columns={"index": "node_index"})
+    return table.merge(found, on=["tree_id", "node_index"], how="left")
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def label_authors(url: str, stamp: tuple[Any, ...]) -> list[str]:
+    statement = select(Label.author).distinct().order_by(Label.author)
+    return [row["author"] for row in _rows(url, statement)]
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def human_verdicts(url: str, run_ids: tuple[int, ...], stamp: tuple[Any, ...]) -> pd.DataFrame:
+    """The nodes of these runs with a human verdict (``store.labels.human_verdicts``):
+    ``tree_id``, ``index``, ``human`` (1.0 correct, 0.0 incorrect), ``human_labels``."""
+    from sqlmodel import Session
+
+    with Session(engine(url)) as session:
+        verdicts = store_human_verdicts(session, run_ids=run_ids)
+    return pd.DataFrame(
+        [
+            {"tree_id": tree_id, "index": index, "human": float(correct), "human_labels": count}
+            for (tree_id, index), (correct, count) in verdicts.items()
+        ],
+        columns=["tree_id", "index", "human", "human_labels"],
+    )
+
+
+def labels_jsonl(records: pd.DataFrame) -> str:
+    """Label records as the JSONL lines ``canopy export --kind labels`` writes."""
+    keep = (
+        records[list(LABEL_RECORD_KEYS)].astype(object).where(records[list(LABEL_RECORD_KEYS)].notna(), None)
+    )
+    return "".join(jsonl_line(record) for record in keep.to_dict("records"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,8 @@ COLOR_BY = {
 CHOSEN_COLOR = "#e4572e"
 SELECTED_COLOR = "#111111"
 FILTERED_COLOR = "#8c8c8c"
+LABEL_MARKS = {"correct": ("✓", "#2e7d4f"), "incorrect": ("✗", "#d1495b"), "unsure": ("?", "#6b6b6b")}
+"""How a person's verdict shows beside a node: its symbol and colour."""
 COLORSCALE = "Viridis"
 
 
@@ -172,9 +174,11 @@ def build_tree_figure(
     selected: int | None = None,
     show_filtered: bool = True,
     height: int = 560,
+    marks: Mapping[int, str] | None = None,
 ) -> go.Figure:
     """The tree, root at the top. Node markers carry ``customdata = [node index, -1]``,
-    filtered siblings ``[parent index, filtered option id]``."""
+    filtered siblings ``[parent index, filtered option id]``. ``marks`` (node
+    index -> "correct", "incorrect" or "unsure") puts people's labels beside nodes."""
     nodes = snapshot.nodes.reset_index(drop=True)
     filtered = snapshot.filtered.reset_index(drop=True) if show_filtered else snapshot.filtered.iloc[0:0]
     position = {int(index): pos for pos, index in enumerate(nodes["index"])}
@@ -308,6 +312,21 @@ def build_tree_figure(
                 name="filtered sibling (near-duplicate)",
             )
         )
+    for verdict, (symbol, color) in LABEL_MARKS.items():
+        marked = [position[i] for i, v in (marks or {}).items() if v == verdict and i in position]
+        if marked:  # few points: plain SVG even where the nodes use WebGL, which draws text poorly
+            traces.append(
+                go.Scatter(
+                    x=x[marked],
+                    y=y[marked],
+                    mode="text",
+                    text=[symbol] * len(marked),
+                    textposition="top right",
+                    textfont={"color": color, "size": 15},
+                    hoverinfo="skip",
+                    name=f"{symbol} labelled {verdict}",
+                )
+            )
     if selected is not None and selected in position:
         pos = position[selected]
         traces.append(

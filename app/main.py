@@ -22,6 +22,7 @@ PAGES = [
     st.Page("views/trees.py", title="Trees", icon=":material/account_tree:"),
     st.Page("views/find.py", title="Find", icon=":material/search:"),
     st.Page("views/critics.py", title="Critics", icon=":material/balance:"),
+    st.Page("views/labels.py", title="Labels", icon=":material/label:"),
     st.Page("views/improve.py", title="Improve", icon=":material/trending_up:"),
     st.Page("views/data.py", title="Data", icon=":material/dataset:"),
 ]

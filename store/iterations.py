@@ -60,7 +60,8 @@ class IterationMetrics:
     Measurements (what the app charts, see ``measurements``):
         accuracy: method ("greedy", "mcts") -> held-out accuracy, in [0, 1].
         tokens: method -> generated tokens per held-out problem (>= 0).
-        data: "<kind>_examples" (sft, dpo, value, prm, orm) and "tree_count" -> counts mined.
+        data: "<kind>_examples" (sft, dpo, value, prm, orm), "tree_count" and "human_labels"
+            (steps whose value/prm examples came from people's labels) -> counts.
         loss: kind -> final training loss; "<kind>_eval" -> held-out loss where one was kept.
         critics: critic ("value", "prm", "orm") -> {"precision", "recall", "ece"}, each
             in [0, 1] or None, over the held-out MCTS trees' nodes with a verified outcome.

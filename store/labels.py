@@ -77,7 +77,9 @@ def _labelled_node(session: Session, tree_id: int, node_index: int) -> Tree:
     if tree is None:
         raise StoreError(f"tree {tree_id} is not in the database (deleted?); the label was not saved")
     if session.get(Run, tree.run_id) is None:
-        raise StoreError(f"the run of tree {tree_id} is not in the database (deleted?); the label was not saved")
+        raise StoreError(
+            f"the run of tree {tree_id} is not in the database (deleted?); the label was not saved"
+        )
     found = session.exec(select(Node.id).where(Node.tree_id == tree_id, Node.index == node_index)).first()
     if found is None:
         raise StoreError(f"tree {tree_id} has no node {node_index}; the label was not saved")
@@ -154,17 +156,24 @@ def majority(verdicts: Iterable[str]) -> bool | None:
     return counts["correct"] > counts["incorrect"]
 
 
-def human_verdicts(session: Session, *, run_ids: Sequence[int] | None = None) -> dict[tuple[int, int], bool]:
-    """(tree id, node index) -> the node's human verdict, for every node that has
-    one (of the given runs, or of all)."""
+def human_verdicts(
+    session: Session, *, run_ids: Sequence[int] | None = None
+) -> dict[tuple[int, int], tuple[bool, int]]:
+    """(tree id, node index) -> (the node's human verdict, how many "correct" or
+    "incorrect" labels it rests on), for every node that has one (of the given
+    runs, or of all)."""
     query = select(Label.tree_id, Label.node_index, Label.verdict)
     if run_ids is not None:
         query = query.where(col(Label.run_id).in_(list(run_ids)))
     grouped: dict[tuple[int, int], list[str]] = defaultdict(list)
     for tree_id, node_index, verdict in session.exec(query).all():
         grouped[(tree_id, node_index)].append(verdict)
-    verdicts = {key: majority(values) for key, values in grouped.items()}
-    return {key: verdict for key, verdict in verdicts.items() if verdict is not None}
+    found = {}
+    for key, verdicts in grouped.items():
+        verdict = majority(verdicts)
+        if verdict is not None:
+            found[key] = (verdict, sum(v in ("correct", "incorrect") for v in verdicts))
+    return found
 
 
 def label_records(

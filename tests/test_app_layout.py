@@ -249,3 +249,11 @@ def test_chart_events_in_every_customdata_shape() -> None:
     assert selected_node({"selection": {"points": [{"customdata": {"0": 7, "1": -1}}]}}) == 7
     assert selected_node({"selection": {"points": [{"customdata": 5}]}}) == 5
     assert selected_node({"selection": {"points": [{"customdata": ["x"]}, {"customdata": [2]}]}}) == 2
+
+
+def test_labelled_nodes_are_marked_beside_them() -> None:
+    snapshot = TreeSnapshot(make_nodes([-1, 0, 0, 1]), NO_FILTERED, None)
+    figure = build_tree_figure(snapshot, marks={1: "correct", 3: "incorrect", 9: "unsure"})
+    marks = {trace.name: list(trace.text) for trace in figure.data if trace.mode == "text"}
+    assert marks == {"✓ labelled correct": ["✓"], "✗ labelled incorrect": ["✗"]}  # node 9 is not in the tree
+    assert not any(trace.mode == "text" for trace in build_tree_figure(snapshot).data)

@@ -120,7 +120,7 @@ def test_records_carry_the_problem_and_the_steps_and_filter(engine) -> None:
     assert [r["author"] for r in label_records(engine, authors=["bob"])] == ["bob"]
     assert label_records(engine, run_ids=[ada["run_id"] + 1]) == []
     with Session(engine) as session:
-        assert human_verdicts(session) == {(tree_id, deep): False, (tree_id, 1): True}
+        assert human_verdicts(session) == {(tree_id, deep): (False, 1), (tree_id, 1): (True, 1)}
 
 
 def test_labels_are_written_while_a_search_writes_the_same_database(tmp_path) -> None:

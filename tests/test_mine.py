@@ -124,7 +124,7 @@ def stored(engine, kind: str | None = None) -> list[schema.TrainingExample]:
 
 
 def mine(engine, tree_ids, **settings) -> dict[str, int]:
-    return mine_trees(engine, tree_ids, MineConfig(**settings))
+    return mine_trees(engine, tree_ids, MineConfig(**settings)).counts
 
 
 # -- config -----------------------------------------------------------------------
@@ -328,6 +328,70 @@ def test_prm_labels_each_step_by_threshold(engine) -> None:
     assert _by_nodes(engine, "prm")[(0, 1)]["label"] is False
 
 
+# -- people's labels ---------------------------------------------------------------
+
+
+def test_human_labels_take_precedence_over_mined_value_and_prm_labels(engine) -> None:
+    from store.labels import put_label
+
+    tree_id = add_tree(engine)
+    put_label(engine, tree_id=tree_id, node_index=2, verdict="correct", author="ada")  # mined: wrong
+    put_label(engine, tree_id=tree_id, node_index=2, verdict="correct", author="bob")
+    put_label(engine, tree_id=tree_id, node_index=1, verdict="incorrect", author="ada")  # mined: right
+    put_label(engine, tree_id=tree_id, node_index=3, verdict="unsure", author="ada")  # no verdict
+    put_label(engine, tree_id=tree_id, node_index=5, verdict="incorrect", author="ada")  # unvisited
+    result = mine_trees(engine, [tree_id], MineConfig(kinds=("value", "prm"), use_gold=True))
+    assert result.human_labels == 3
+    value, prm = _by_nodes(engine, "value"), _by_nodes(engine, "prm")
+    assert value[(0, 2)] == {
+        "question": QUESTION,
+        "steps": [STEP_WRONG],
+        "target": 1.0,
+        "source": "human",
+        "count": 2,
+    }
+    assert prm[(0, 2)] == {
+        "question": QUESTION,
+        "steps": [STEP_WRONG],
+        "label": True,
+        "estimate": 1.0,
+        "source": "human",
+    }
+    assert (value[(0, 1)]["target"], value[(0, 1)]["source"], prm[(0, 1)]["label"]) == (0.0, "human", False)
+    assert value[(0, 5)]["source"] == "human" and prm[(0, 5)]["label"] is False  # a label gives an example
+    assert value[(0, 1, 3)]["source"] == "verified"  # "unsure" leaves the mined label
+    assert result.counts == {"value": 6, "prm": 5}
+    without = mine_trees(
+        engine, [tree_id], MineConfig(kinds=("value", "prm"), use_gold=True, use_labels=False)
+    )
+    assert without.human_labels == 0 and _by_nodes(engine, "value")[(0, 2)]["source"] == "verified"
+
+
+def test_labelled_nodes_of_other_trees_join_once_per_iteration(engine) -> None:
+    from store.labels import put_label
+
+    mined, labelled = add_tree(engine), add_tree(engine)
+    put_label(engine, tree_id=labelled, node_index=4, verdict="correct", author="ada")
+    iteration = add_iteration(engine)
+    for _ in range(2):  # a re-run after a crash replaces, not duplicates
+        result = mine_trees(engine, [mined], MineConfig(kinds=("value", "prm")), iteration_id=iteration)
+    assert result.human_labels == 1
+    from_labels = [row for row in stored(engine) if row.source_tree_id == labelled]
+    assert sorted(row.kind for row in from_labels) == ["prm", "value"]
+    assert all(row.payload["steps"] == [STEP_RIGHT, END_8] for row in from_labels)
+    assert all(row.source_nodes == [0, 1, 4] for row in from_labels)
+    # The labelled tree's own mining in the same iteration survives a later call that
+    # re-adds its labelled node: only the label-made row is replaced, by an equal one.
+    mine_trees(engine, [labelled], MineConfig(kinds=("value",)), iteration_id=iteration)
+    mine_trees(engine, [mined], MineConfig(kinds=("value", "prm")), iteration_id=iteration)
+    own = {
+        tuple(r.source_nodes): r.payload["source"]
+        for r in stored(engine, "value")
+        if r.source_tree_id == labelled
+    }
+    assert own == {(0,): "rollouts", (0, 1): "q", (0, 2): "rollouts", (0, 1, 3): "q", (0, 1, 4): "human"}
+
+
 # -- orm ----------------------------------------------------------------------------
 
 
@@ -367,8 +431,8 @@ def test_mining_twice_replaces_instead_of_duplicating(engine) -> None:
     tree_id = add_tree(engine)
     other = add_tree(engine)
     iteration = add_iteration(engine)
-    first = mine_trees(engine, [tree_id], MineConfig(use_gold=True), iteration_id=iteration)
-    again = mine_trees(engine, [tree_id], MineConfig(use_gold=True), iteration_id=iteration)
+    first = mine_trees(engine, [tree_id], MineConfig(use_gold=True), iteration_id=iteration).counts
+    again = mine_trees(engine, [tree_id], MineConfig(use_gold=True), iteration_id=iteration).counts
     assert first == again and len(stored(engine)) == sum(first.values())
     # Other iterations, other trees and other kinds are left alone.
     mine_trees(engine, [tree_id], MineConfig(use_gold=True))

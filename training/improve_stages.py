@@ -141,12 +141,14 @@ def search_training_problems(context: IterationContext) -> None:
 def mine_search_trees(context: IterationContext) -> None:
     """The search's trees become ``TrainingExample`` rows of every kind."""
     trees = trees_of_run(context.engine, context.metrics().runs["search"])
-    counts = mine_trees(context.engine, trees, context.config.mine, iteration_id=context.iteration_id)
-    mined = ", ".join(f"{count} {kind}" for kind, count in counts.items())
-    context.log(f"  mined {len(trees)} trees: {mined}")
+    result = mine_trees(context.engine, trees, context.config.mine, iteration_id=context.iteration_id)
+    mined = ", ".join(f"{count} {kind}" for kind, count in result.counts.items())
+    people = f"; {result.human_labels} labelled steps took precedence" if result.human_labels else ""
+    context.log(f"  mined {len(trees)} trees: {mined}{people}")
     with context.recording() as metrics:
-        metrics.data = {f"{kind}_examples": count for kind, count in counts.items()}
+        metrics.data = {f"{kind}_examples": count for kind, count in result.counts.items()}
         metrics.data["tree_count"] = len(trees)
+        metrics.data["human_labels"] = result.human_labels
 
 
 def train_checkpoint(context: IterationContext, *, kind: str, train: TrainFn, settings: TrainConfig) -> None:

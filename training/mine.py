@@ -46,9 +46,16 @@ Scores, and what stands in when a critic did not run:
 - ORM labels need ground truth: labelling trajectories with the ORM's own
   scores would train it on itself, so without gold there are no ORM examples.
 
+People's step labels (``store.labels``; with ``use_labels``) come first: a node
+with a human verdict gets value target 1.0 (correct) or 0.0 (incorrect) and that
+PRM label instead of its Monte Carlo estimate (``source`` "human" in both
+payloads, ``count`` the labels behind the verdict), and labelled nodes of trees
+outside the mined set join as examples of their own. So a person's correction
+reaches the critics in the next round even for a tree the round did not grow.
+
 ``mine_trees`` is idempotent: it first deletes the rows of the configured kinds
-previously mined from the same trees for the same iteration, in the same
-transaction as the inserts.
+previously mined from the same trees for the same iteration (and the human-label
+rows of labelled trees outside them), in the same transaction as the inserts.
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ from engine.answers import answers_match
 from engine.config import ConfigError
 from store import schema
 from store.db import StoreError
+from store.labels import human_verdicts
 from training.mine_config import KINDS, MineConfig
 
 _TOLERANCE = 1e-9
@@ -88,6 +96,19 @@ class _Estimate:
     target: float
     source: str
     count: int
+
+
+@dataclass(frozen=True)
+class MineResult:
+    """What one ``mine_trees`` call wrote.
+
+    Attributes:
+        counts: kind -> new rows, for every configured kind (0 if none).
+        human_labels: nodes whose value/prm examples came from people's labels.
+    """
+
+    counts: dict[str, int]
+    human_labels: int = 0
 
 
 @dataclass
@@ -273,9 +294,21 @@ def _dpo(tree: _StoredTree, config: MineConfig) -> list[schema.TrainingExample]:
     return examples
 
 
-def _value_and_prm(tree: _StoredTree, config: MineConfig) -> list[schema.TrainingExample]:
+def _value_and_prm(
+    tree: _StoredTree,
+    config: MineConfig,
+    verdicts: dict[int, tuple[bool, int]],
+    *,
+    only_labelled: bool = False,
+) -> list[schema.TrainingExample]:
+    """Value and PRM examples; ``verdicts`` (node index -> (human verdict, labels
+    behind it)) replace estimates, and with ``only_labelled`` they are all there is."""
+    estimates = {} if only_labelled else _estimates(tree, config.use_gold)
+    for index, (correct, count) in verdicts.items():
+        if index in tree.nodes:
+            estimates[index] = _Estimate(1.0 if correct else 0.0, "human", count)
     examples = []
-    for index, estimate in sorted(_estimates(tree, config.use_gold).items()):
+    for index, estimate in sorted(estimates.items()):
         path = tree.path(index)
         steps = tree.steps(path)
         if "value" in config.kinds:
@@ -289,6 +322,8 @@ def _value_and_prm(tree: _StoredTree, config: MineConfig) -> list[schema.Trainin
         if "prm" in config.kinds and index != path[0]:
             label = estimate.target >= config.prm_threshold - _TOLERANCE
             payload = {"steps": steps, "label": label, "estimate": estimate.target}
+            if estimate.source == "human":
+                payload["source"] = "human"
             examples.append(_example("prm", tree, path, payload))
     return examples
 
@@ -304,12 +339,12 @@ def _orm(tree: _StoredTree, config: MineConfig) -> list[schema.TrainingExample]:
 
 def mine_trees(
     engine: Engine, tree_ids: Sequence[int], config: MineConfig, *, iteration_id: int | None = None
-) -> dict[str, int]:
-    """Mine the given stored trees into ``trainingexample`` rows, in one transaction.
+) -> MineResult:
+    """Mine the given stored trees (and, with ``config.use_labels``, every labelled
+    node) into ``trainingexample`` rows, in one transaction.
 
     Rows of ``config.kinds`` previously mined from these trees for the same
     ``iteration_id`` are replaced, so a re-run after a crash does not duplicate.
-    Returns the count of new rows per kind (every configured kind, 0 if none).
     Raises ``StoreError`` for an unknown tree or iteration.
     """
     tree_ids = list(dict.fromkeys(tree_ids))
@@ -317,6 +352,8 @@ def mine_trees(
         if iteration_id is not None and session.get(schema.Iteration, iteration_id) is None:
             raise StoreError(f"no iteration {iteration_id} in the database")
         trees = [_load(session, tree_id) for tree_id in tree_ids]
+        labelled = _labelled(session, config)
+        others = [_load(session, tree_id) for tree_id in sorted(set(labelled) - set(tree_ids))]
         examples: list[schema.TrainingExample] = []
         if "sft" in config.kinds:
             examples += _sft(trees, config)
@@ -324,9 +361,11 @@ def mine_trees(
             if "dpo" in config.kinds:
                 examples += _dpo(tree, config)
             if "value" in config.kinds or "prm" in config.kinds:
-                examples += _value_and_prm(tree, config)
+                examples += _value_and_prm(tree, config, labelled.get(tree.tree_id, {}))
             if "orm" in config.kinds:
                 examples += _orm(tree, config)
+        for tree in others:
+            examples += _value_and_prm(tree, config, labelled[tree.tree_id], only_labelled=True)
         same_iteration = (
             col(schema.TrainingExample.iteration_id).is_(None)
             if iteration_id is None
@@ -339,13 +378,44 @@ def mine_trees(
                 same_iteration,
             )
         )
+        earlier = session.exec(
+            select(schema.TrainingExample).where(
+                col(schema.TrainingExample.source_tree_id).in_([tree.tree_id for tree in others]),
+                col(schema.TrainingExample.kind).in_(["value", "prm"]),
+                same_iteration,
+            )
+        ).all()
+        for row in earlier:  # only what an earlier call took from the labels, not those trees' own mining
+            if row.payload.get("source") == "human":
+                session.delete(row)
         counts = dict.fromkeys(config.kinds, 0)
         for example in examples:
             example.iteration_id = iteration_id
             counts[example.kind] += 1
         session.add_all(examples)
         session.commit()
-    return counts
+    used = sum(len(nodes) for nodes in labelled.values())
+    return MineResult(counts, human_labels=used)
+
+
+def _labelled(session: Session, config: MineConfig) -> dict[int, dict[int, tuple[bool, int]]]:
+    """tree id -> node index -> (human verdict, labels behind it), for nodes that
+    still exist; empty unless ``use_labels`` and value or prm are mined."""
+    if not config.use_labels or not {"value", "prm"} & set(config.kinds):
+        return {}
+    verdicts = human_verdicts(session)
+    existing = set(
+        session.exec(
+            select(schema.Node.tree_id, schema.Node.index).where(
+                col(schema.Node.tree_id).in_(sorted({tree_id for tree_id, _ in verdicts}))
+            )
+        ).all()
+    )
+    labelled: dict[int, dict[int, tuple[bool, int]]] = defaultdict(dict)
+    for (tree_id, index), (correct, count) in verdicts.items():
+        if (tree_id, index) in existing:
+            labelled[tree_id][index] = (correct, count)
+    return dict(labelled)
 
 
 def _rows(engine: Engine, kind: str, iteration_id: int | None) -> list[schema.TrainingExample]:

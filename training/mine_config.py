@@ -40,6 +40,13 @@ class MineConfig:
         default=0.5,
         metadata=_help("A step is labelled good when its Monte Carlo estimate >= this; in [0, 1]."),
     )
+    use_labels: bool = field(
+        default=True,
+        metadata=_help(
+            "People's step labels from the studio replace mined value/prm labels of the same node, "
+            "and labelled nodes of other trees join as examples."
+        ),
+    )
     max_sft_per_problem: int = field(
         default=1, metadata=_help("Most SFT trajectories kept per problem (>= 1).")
     )
@@ -63,6 +70,7 @@ class MineConfig:
             f"sft_orm_threshold must be in [0, 1], got {self.sft_orm_threshold}",
         )
         need(isinstance(self.use_gold, bool), f"use_gold must be true or false, got {self.use_gold!r}")
+        need(isinstance(self.use_labels, bool), f"use_labels must be true or false, got {self.use_labels!r}")
         need(0 < self.dpo_margin <= 1, f"dpo_margin must be in (0, 1], got {self.dpo_margin}")
         need(self.dpo_min_visits >= 1, f"dpo_min_visits must be >= 1, got {self.dpo_min_visits}")
         need(0 <= self.prm_threshold <= 1, f"prm_threshold must be in [0, 1], got {self.prm_threshold}")

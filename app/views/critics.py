@@ -1,5 +1,6 @@
-"""Critics: where the value function, PRM, ORM and tool disagree, and how well each
-one's scores match verified outcomes."""
+"""Critics: where the value function, PRM, ORM and tool disagree (with a keyboard
+queue to label those nodes), and how well each one's scores match verified
+outcomes or people's labels."""
 
 import html
 
@@ -7,8 +8,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import data, links
-from app.components import CRITIC_HELP, open_in_trees, require_store
+from app.components import CRITIC_HELP, open_in_trees, path_to, require_store, untrusted
 from app.critic_stats import classification, disagreements, reliability
+from app.labels import label_panel
 from app.layout import WEBGL_ABOVE, custom_values
 
 OUTCOMES = {
@@ -17,6 +19,10 @@ OUTCOMES = {
     None: ("no verified outcome", "#9e9e9e"),
 }
 RECENT_RUNS = 20
+TRUTHS = {"outcome": "verified outcomes", "human": "people's labels"}
+"""What the calibration tab measures the critics against: the ``nodes`` column and its name."""
+TRUTH_NODES = {"outcome": "a verified outcome", "human": "a human verdict"}
+HUMAN = {1.0: "correct", 0.0: "incorrect"}
 
 url = data.db_url()
 st.title("Critics")
@@ -37,6 +43,8 @@ LINK = [  # /critics?run=4,5&x=prm&y=orm&threshold=0.6
     links.key_param("x", "critics.x"),
     links.key_param("y", "critics.y"),
     links.key_param("threshold", "critics.threshold", lambda text: min(1.0, max(0.0, float(text)))),
+    links.key_param("truth", "critics.truth", lambda text: text if text in TRUTHS else "outcome"),
+    links.key_param("at", "critics.queue", lambda text: max(0, int(text))),
 ]
 links.restore("critics", LINK)
 known = set(runs["id"].tolist())
@@ -56,6 +64,11 @@ if nodes is None or nodes.empty:
     st.info("No scored nodes in these runs yet — pick other runs, or run a search first.")
     st.stop()
 
+nodes = nodes.merge(
+    data.human_verdicts(url, tuple(sorted(run_ids)), data.labels_stamp(url)),
+    on=["tree_id", "index"],
+    how="left",
+)
 available = [name for name, column in data.SCORE_COLUMNS.items() if nodes[column].notna().any()]
 st.caption(
     f"{len(nodes)} nodes from {nodes['tree_id'].nunique()} trees. Critics with scores: "
@@ -159,8 +172,9 @@ def disagreement_tab() -> None:
     st.subheader("Largest disagreements")
     st.caption("Click a row to open the node in its tree.")
     table = ranked.assign(
-        outcome=ranked["outcome"].map(lambda o: OUTCOMES.get(None if o != o else o, OUTCOMES[None])[0])
-    )[["tree_id", "index", "depth", x_col, y_col, "gap", "outcome", "option_text"]]
+        outcome=ranked["outcome"].map(lambda o: OUTCOMES.get(None if o != o else o, OUTCOMES[None])[0]),
+        people=ranked["human"].map(HUMAN),
+    )[["tree_id", "index", "depth", x_col, y_col, "gap", "outcome", "people", "option_text"]]
     number = st.column_config.NumberColumn(format="%.3f", width="small")
     st.dataframe(
         table,
@@ -174,22 +188,96 @@ def disagreement_tab() -> None:
             x_col: st.column_config.NumberColumn(data.CRITIC_NAMES[x], format="%.3f", width="small"),
             y_col: st.column_config.NumberColumn(data.CRITIC_NAMES[y], format="%.3f", width="small"),
             "gap": number,
+            "people": st.column_config.TextColumn(
+                "people say", help="The majority of people's labels on the step (see below)."
+            ),
             "option_text": st.column_config.TextColumn("option text", width="large"),
         },
     )
+    label_queue(ranked)
+
+
+def _move(step: int, count: int) -> None:
+    st.session_state["critics.queue"] = min(
+        max(0, st.session_state.get("critics.queue", 0) + step), count - 1
+    )
+
+
+def label_queue(ranked) -> None:  # noqa: ANN001 (a DataFrame)
+    """Walk the disagreement list one node at a time and label each step."""
+    st.subheader("Label this list")
+    st.caption(
+        "Read each step and say whether it is right; a label moves on to the next node. "
+        "Keys: **J** next, **K** previous, **1** correct, **2** incorrect, **3** unsure. "
+        "The improve loop trains the PRM and the value function on these labels ahead of its own."
+    )
+    if ranked.empty:
+        st.info("No nodes scored by both critics in these runs.")
+        return
+    count = len(ranked)
+    position = min(int(st.session_state.get("critics.queue", 0)), count - 1)
+    st.session_state["critics.queue"] = position
+    row = ranked.iloc[position]
+    tree_id, index = int(row["tree_id"]), int(row["index"])
+    nav = st.columns([1, 1, 1, 3], vertical_alignment="center")
+    nav[0].button(
+        "← Previous", key="critics.queue.previous", shortcut="K", disabled=position == 0,
+        on_click=_move, args=(-1, count), use_container_width=True,
+    )  # fmt: skip
+    nav[1].button(
+        "Next →", key="critics.queue.next", shortcut="J", disabled=position >= count - 1,
+        on_click=_move, args=(1, count), use_container_width=True,
+    )  # fmt: skip
+    if nav[2].button("Open in Trees", key="critics.queue.open", use_container_width=True):
+        st.session_state["critics.open"] = (tree_id, index)
+    nav[3].caption(f"Node {position + 1} of {count}: tree {tree_id}, node {index}, depth {int(row['depth'])}")
+    tree_nodes = data.tree_nodes(url, tree_id, data.tree_stamp(url, tree_id))
+    texts = dict(zip(tree_nodes["index"], tree_nodes["option_text"], strict=True))
+    path = path_to(tree_nodes, index)
+    scores = " · ".join(
+        f"{data.CRITIC_NAMES[name]} {float(row[column]):.2f}"
+        for name, column in data.SCORE_COLUMNS.items()
+        if name in available and row[column] == row[column]
+    )
+    st.caption(f"Scores: {scores}. Verified outcome: {OUTCOMES.get(row['outcome'], OUTCOMES[None])[0]}.")
+    st.caption("The path from the question; the last step is the one to judge")
+    untrusted("\n".join(f"[{i}] {str(texts.get(i, '')).rstrip()}" for i in path[1:]))
+    label_panel(url, tree_id, index, key="critics.queue.label", shortcuts=True, then=lambda: _move(1, count))
 
 
 def calibration_tab() -> None:
-    st.caption(
-        "A node's **verified outcome** is whether it led to the gold answer: a finished node's own answer, "
-        "otherwise the majority answer of its rollouts. Only problems with a gold answer count. A calibrated "
-        "critic's curve follows the diagonal: of the nodes it scores 0.8, about 80% turn out right."
+    truth = (
+        st.segmented_control(
+            "Measure the critics against",
+            list(TRUTHS),
+            format_func=TRUTHS.get,
+            key="critics.truth",
+            **({} if st.session_state.get("critics.truth") in TRUTHS else {"default": "outcome"}),
+        )
+        or "outcome"
     )
-    labelled = nodes.dropna(subset=["outcome"])
+    if truth == "outcome":
+        st.caption(
+            "A node's **verified outcome** is whether it led to the gold answer: a finished node's own "
+            "answer, otherwise the majority answer of its rollouts. Only problems with a gold answer count. "
+            "A calibrated critic's curve follows the diagonal: of the nodes it scores 0.8, about 80% turn "
+            "out right."
+        )
+    else:
+        st.caption(
+            "A node's **human verdict** is the majority of the “correct” and “incorrect” labels people "
+            "gave its step (label nodes on the Trees page or in the list under “Where critics disagree”; "
+            "see them all on the Labels page). A step can be right on a path that still ends wrong, so "
+            "this measures each critic as a judge of steps."
+        )
+    labelled = nodes.dropna(subset=[truth])
     if labelled.empty:
         st.info(
             "No verified outcomes yet: calibration needs trees on problems with a gold answer whose nodes "
             "reached an answer (finished steps or rollouts)."
+            if truth == "outcome"
+            else "No labelled steps in these runs yet: open a node on the Trees page and press 1 (correct), "
+            "2 (incorrect) or 3 (unsure)."
         )
         return
     figure = go.Figure(
@@ -205,7 +293,7 @@ def calibration_tab() -> None:
     scored = []
     for name in available:
         column = data.SCORE_COLUMNS[name]
-        bins = reliability(labelled[column], labelled["outcome"])
+        bins = reliability(labelled[column], labelled[truth])
         if bins.empty:
             continue
         figure.add_trace(
@@ -223,7 +311,12 @@ def calibration_tab() -> None:
         height=440,
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
         xaxis={"title": {"text": "critic score (bin average)"}, "range": [0, 1]},
-        yaxis={"title": {"text": "share of nodes verified correct"}, "range": [0, 1]},
+        yaxis={
+            "title": {
+                "text": "share verified correct" if truth == "outcome" else "share people call correct"
+            },
+            "range": [0, 1],
+        },
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"},
     )
     st.plotly_chart(figure, key="critics.reliability")
@@ -236,13 +329,13 @@ def calibration_tab() -> None:
         **({} if "critics.threshold" in st.session_state else {"value": 0.5}),
     )
     st.caption(
-        f"Each critic as a yes/no predictor over {len(labelled)} nodes with a verified outcome "
+        f"Each critic as a yes/no predictor over {len(labelled)} nodes with {TRUTH_NODES[truth]} "
         f"(score ≥ {threshold:.2f} means “predicts correct”)."
     )
     rows = [
         {
             "critic": data.CRITIC_NAMES[name],
-            **classification(labelled[data.SCORE_COLUMNS[name]], labelled["outcome"], threshold),
+            **classification(labelled[data.SCORE_COLUMNS[name]], labelled[truth], threshold),
         }
         for name in scored
     ]
@@ -264,7 +357,7 @@ def calibration_tab() -> None:
     )
 
 
-tab_disagree, tab_calibration = st.tabs(["Where critics disagree", "Calibration against verified outcomes"])
+tab_disagree, tab_calibration = st.tabs(["Where critics disagree", "Calibration against outcomes or people"])
 with tab_disagree:
     disagreement_tab()
 with tab_calibration:

@@ -22,6 +22,7 @@ from app.components import (
     tree_summary,
     untrusted,
 )
+from app.labels import label_panel, node_marks
 from app.layout import COLOR_BY
 
 FILTER_KEYS = (
@@ -278,6 +279,7 @@ def explore(tree: pd.Series) -> None:
             color_by=color_by,
             chosen_path=chosen,
             show_filtered=show_filtered,
+            marks=node_marks(data.tree_labels(url, tree_id, data.labels_stamp(url))),
         )
         st.caption(
             "Click a node to inspect it (drag to pan, scroll to zoom, double-click to reset). "
@@ -286,7 +288,10 @@ def explore(tree: pd.Series) -> None:
         export_buttons(tree_id, color_by)
     with right, st.container(border=True, height=760):
         programs = data.tree_programs(url, tree_id, data.tree_stamp(url, tree_id))
-        node_detail(tree, snapshot.nodes, snapshot.filtered, selected_index(tree_id), programs)
+        index = selected_index(tree_id)
+        node_detail(tree, snapshot.nodes, snapshot.filtered, index, programs)
+        if index in set(snapshot.nodes["index"]) and index != 0:
+            label_panel(url, tree_id, index, key=f"trees.label.{tree_id}", shortcuts=True)
     with st.expander(f"All {len(snapshot.nodes)} nodes as a table — click a row to inspect it"):
         node_table(snapshot.nodes, tree_id=tree_id, key=f"trees.table.{tree_id}.{upto}", chosen_path=chosen)
     advance_replay(tree_id, upto)

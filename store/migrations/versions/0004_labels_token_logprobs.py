@@ -20,7 +20,8 @@ depends_on = None
 
 def upgrade() -> None:
     # A plain ADD COLUMN: a batch copy of ``node`` would drop the text index's triggers on it.
-    op.add_column("node", sa.Column("token_logprobs", sa.JSON(), nullable=False, server_default=sa.text("'[]'")))
+    column = sa.Column("token_logprobs", sa.JSON(), nullable=False, server_default=sa.text("'[]'"))
+    op.add_column("node", column)
     op.create_table(
         "label",
         sa.Column("id", sa.Integer(), nullable=False),
