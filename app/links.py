@@ -26,17 +26,24 @@ APPLIED = "links.applied"
 class Param:
     """One URL parameter: ``name`` in the URL; ``get`` reads the session's value
     (None: not in the URL); ``set`` puts a URL value (text) into the session,
-    raising ``ValueError`` for a value that does not parse."""
+    raising ``ValueError`` for a value that does not parse; ``held`` says
+    whether the session holds the value at all (an emptied multiselect does,
+    a widget value Streamlit dropped with its page does not), None where it
+    cannot tell (then a dropped value is not missed)."""
 
     name: str
     get: Callable[[], Any]
     set: Callable[[str], None]
+    held: Callable[[], bool] | None = None
 
 
 def key_param(name: str, key: str, kind: Callable[[str], Any] = str) -> Param:
     """A parameter held in widget ``key`` (before the widget is drawn)."""
     return Param(
-        name, lambda: st.session_state.get(key), lambda text: st.session_state.__setitem__(key, kind(text))
+        name,
+        lambda: st.session_state.get(key),
+        lambda text: st.session_state.__setitem__(key, kind(text)),
+        lambda: key in st.session_state,
     )
 
 
@@ -50,20 +57,26 @@ def list_param(name: str, key: str, kind: Callable[[str], Any] = str) -> Param:
     def put(text: str) -> None:
         st.session_state[key] = [kind(part) for part in text.split(",") if part]
 
-    return Param(name, get, put)
+    return Param(name, get, put, lambda: key in st.session_state)
 
 
 def restore(page: str, params: list[Param]) -> bool:
     """Copy the URL's values into the session if the URL changed since this
-    page last read or wrote it; whether it did."""
+    page last read or wrote it, or if the session lost values the URL holds;
+    whether it did. Streamlit drops a page's widget values while another page
+    runs, and ``st.switch_page`` leaves history entries of bare URLs, so a page
+    met again through Back or the sidebar with a bare URL gets its last link's
+    values back (``publish`` then writes that link again)."""
     current = _query()
     applied = st.session_state.setdefault(APPLIED, {})
-    if applied.get(page) == current:
+    source = current or applied.get(page) or {}
+    lost = any(param.name in source and param.held is not None and not param.held() for param in params)
+    if applied.get(page) == current and not lost:
         return False
     for param in params:
-        if param.name in current:
+        if param.name in source:
             try:
-                param.set(current[param.name])
+                param.set(source[param.name])
             except (ValueError, TypeError):
                 pass
     applied[page] = current
