@@ -494,3 +494,37 @@ def labels_jsonl(records: pd.DataFrame) -> str:
         records[list(LABEL_RECORD_KEYS)].astype(object).where(records[list(LABEL_RECORD_KEYS)].notna(), None)
     )
     return "".join(jsonl_line(record) for record in keep.to_dict("records"))
+
+
+# -- Rounds page: one held-out problem across an improve chain's rounds --------------
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def round_trees(url: str, run_ids: tuple[int, ...]) -> pd.DataFrame:
+    """The trees of the given (held-out evaluation) runs with their problems:
+    what the Rounds page lines up by ``problem_id`` across rounds. Refreshes every
+    2 s, so a round still evaluating fills in."""
+    statement = (
+        select(
+            Tree.id,
+            Tree.run_id,
+            Tree.problem_id,
+            Tree.status,
+            Tree.answer,
+            Tree.correct,
+            Tree.chosen_path,
+            Tree.node_count,
+            Tree.filtered_count,
+            Tree.simulations_done,
+            Tree.simulations_target,
+            Tree.generated_tokens,
+            Tree.seconds,
+            Problem.index.label("problem_index"),
+            Problem.question,
+            Problem.answer.label("gold"),
+        )
+        .join(Problem, Problem.id == Tree.problem_id)
+        .where(Tree.run_id.in_(list(run_ids)))
+        .order_by(Tree.id)
+    )
+    return _frame(_rows(url, statement), [c.name for c in statement.selected_columns])

@@ -24,6 +24,7 @@ PAGES = [
     st.Page("views/critics.py", title="Critics", icon=":material/balance:"),
     st.Page("views/labels.py", title="Labels", icon=":material/label:"),
     st.Page("views/improve.py", title="Improve", icon=":material/trending_up:"),
+    st.Page("views/rounds.py", title="Rounds", icon=":material/view_week:"),
     st.Page("views/data.py", title="Data", icon=":material/dataset:"),
 ]
 

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from store.db import make_engine
+from store.iterations import IterationMetrics
 from store.schema import (
     FilteredOption,
     Iteration,
@@ -465,3 +466,237 @@ def make_old_schema_db(path: Path) -> str:
         for table in ("run", "tree", "node"):
             connection.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)")
     return f"sqlite:///{path}"
+
+
+# -- an improve loop's rounds, for the Rounds page ------------------------------------
+
+HELD_OUT = [  # the held-out problems every round evaluates: (question, gold)
+    ("A farmer has 12 apples, buys 7 more and gives 4 away. How many are left?", "15"),
+    ("What is 6 * 7 - 2?", "40"),
+    (
+        "A shop sells pens at $3 and *notebooks* at $5. Ann buys 1 pen and 4 notebooks. What does she pay?",
+        "23",
+    ),
+]
+MCTS_VERDICTS = [  # per round (base first), per held-out problem; None: no tree (the round is evaluating)
+    [False, True, False],
+    [True, True, False],
+    [True, True, None],
+]
+GREEDY_VERDICTS = [[False, True, False], [True, True, False], [True, True, True]]
+
+
+@dataclass
+class RoundsSeed:
+    """Ids of what ``seed_rounds`` wrote.
+
+    ``chain``: the loop's iterations, base first (round 2 still evaluating: no
+    MCTS tree for the third problem). ``waiting``: a newer loop's base that has
+    no held-out tree yet. ``mcts``/``greedy``: (round, problem position) -> tree.
+    ``training_problem``: searched by round 1's training search, not held out.
+    """
+
+    url: str
+    chain: list[int] = field(default_factory=list)
+    waiting: int = 0
+    problems: list[int] = field(default_factory=list)
+    training_problem: int = 0
+    mcts: dict[tuple[int, int], int] = field(default_factory=dict)
+    greedy: dict[tuple[int, int], int] = field(default_factory=dict)
+
+
+def _reached(node: Node) -> str | None:
+    """The answer a node leads to: its own when finished, else its first rollout's."""
+    if node.terminal:
+        return node.answer
+    return node.rollouts[0].get("answer") if node.rollouts else None
+
+
+def _finish_as(engine: Engine, tree_id: int, *, gold: str, correct: bool, seconds: float) -> None:
+    """Finish a grown tree with a chosen path to its deepest node (finished ones
+    first) whose answer is right or wrong as asked, so a test knows each verdict."""
+    with Session(engine) as session:
+        nodes = session.exec(select(Node).where(Node.tree_id == tree_id)).all()
+        wanted = [n for n in nodes if n.parent_index >= 0 and (_reached(n) == gold) == correct]
+        target = max(wanted, key=lambda n: (n.terminal, n.depth, -n.index))
+        parent_of = {n.index: n.parent_index for n in nodes}
+        path = [target.index]
+        while parent_of[path[-1]] >= 0:
+            path.append(parent_of[path[-1]])
+        tree = session.get(Tree, tree_id)
+        tree.chosen_path = path[::-1]
+        tree.answer = _reached(target)
+        tree.answers = {"visits": tree.answer}
+        tree.correct = correct
+        tree.status = "completed"
+        tree.generated_tokens = sum(n.token_count + sum(r["tokens"] for r in n.rollouts) for n in nodes)
+        tree.seconds = seconds
+        tree.updated_at = utcnow()
+        session.add(tree)
+        session.commit()
+
+
+def _greedy_tree(
+    session: Session, run_id: int, problem_id: int, gold: str, *, correct: bool, tokens: int
+) -> int:
+    """A greedy evaluation's tree as the baselines store it: the root and one
+    finished child holding the whole completion."""
+    answer = gold if correct else "16"
+    tree = _add(
+        session,
+        Tree(
+            run_id=run_id,
+            problem_id=problem_id,
+            status="completed",
+            node_count=2,
+            answer=answer,
+            answers={"greedy": answer},
+            chosen_path=[0, 1],
+            correct=correct,
+            generated_tokens=tokens,
+            seconds=tokens / 16,
+            created_at=utcnow(),
+            updated_at=utcnow(),
+        ),
+    )
+    session.add(Node(tree_id=tree.id, index=0, parent_index=-1, depth=0, visits=1))
+    session.add(
+        Node(
+            tree_id=tree.id,
+            index=1,
+            parent_index=0,
+            depth=1,
+            option_text=f"{MARKDOWN_OPTION}\nSo the total is {answer}.\nThe answer is {answer}.",
+            token_count=tokens,
+            stop_reason="eos",
+            visits=1,
+            terminal=True,
+            answer=answer,
+        )
+    )
+    session.commit()
+    return tree.id
+
+
+def seed_rounds(path: Path | None = None, *, url: str | None = None) -> RoundsSeed:
+    """A store holding what ``canopy improve --iterations 2 --eval-problems 3``
+    writes (no model needed): a base and two rounds, each with a greedy and an
+    MCTS evaluation of the same three held-out problems (verdicts
+    ``MCTS_VERDICTS``/``GREEDY_VERDICTS``), round 2 still running; and a newer
+    loop whose base has begun but evaluated nothing."""
+    url = url or f"sqlite:///{path}"
+    engine = make_engine(url)
+    seed = RoundsSeed(url=url)
+    now = utcnow()
+    config = {"model": "smollm2-135m", "task": "arithmetic", "iterations": 2, "eval_problems": 3}
+    trained = ["search", "mine", "sft", "value", "prm", "orm"]
+    with Session(engine) as session:
+        seed.problems = [
+            _add(session, Problem(task="arithmetic", index=index, question=question, answer=gold)).id
+            for index, (question, gold) in enumerate(HELD_OUT)
+        ]
+        training = _add(
+            session, Problem(task="arithmetic", index=100, question="What is 9 + 10?", answer="19")
+        )
+        seed.training_problem = training_id = training.id
+    grown: list[tuple[int, int, str, bool, float]] = []  # tree, seed, gold, correct, seconds
+    parent_id = None
+    for number, (mcts, greedy) in enumerate(zip(MCTS_VERDICTS, GREEDY_VERDICTS, strict=True)):
+        running = None in mcts
+        done = (
+            ([] if number == 0 else trained) + ["eval_greedy"] + ([] if running else ["eval_mcts", "critics"])
+        )
+        with Session(engine) as session:
+            iteration = _add(
+                session,
+                Iteration(
+                    parent_id=parent_id,
+                    name="base" if number == 0 else f"round {number}",
+                    model="smollm2-135m",
+                    status="running" if running else "completed",
+                    stage=f"eval_mcts {mcts.index(None)}/{len(mcts)}" if running else "done",
+                    created_at=now - timedelta(hours=6 - number),
+                    updated_at=now - timedelta(hours=5 - number),
+                ),
+            )
+            parent_id = iteration.id
+            seed.chain.append(iteration.id)
+            runs = {}
+            for method in ("greedy", "mcts"):
+                run = _add(
+                    session,
+                    Run(
+                        kind="eval",
+                        method=method,
+                        model="smollm2-135m",
+                        task="arithmetic",
+                        status="running" if running and method == "mcts" else "completed",
+                        config={"simulations": 8},
+                        iteration_id=iteration.id,
+                        created_at=now - timedelta(hours=6 - number),
+                        heartbeat_at=now - timedelta(hours=5 - number),
+                    ),
+                )
+                runs[f"eval_{method}"] = run.id
+            for position, (problem_id, (_, gold)) in enumerate(zip(seed.problems, HELD_OUT, strict=True)):
+                seed.greedy[(number, position)] = _greedy_tree(
+                    session,
+                    runs["eval_greedy"],
+                    problem_id,
+                    gold,
+                    correct=greedy[position],
+                    tokens=40 + 10 * number,
+                )
+                if mcts[position] is None:
+                    continue
+                tree = _add(
+                    session,
+                    Tree(
+                        run_id=runs["eval_mcts"],
+                        problem_id=problem_id,
+                        simulations_target=8,
+                        created_at=now,
+                        updated_at=now,
+                    ),
+                )
+                seed.mcts[(number, position)] = tree.id
+                grown.append((tree.id, 31 * number + position, gold, mcts[position], 20.0 + number))
+            if number == 1:
+                search = _add(
+                    session,
+                    Run(kind="eval", model="smollm2-135m", task="arithmetic", status="completed", config={}),
+                )
+                runs["search"] = search.id
+                _add(session, Tree(run_id=search.id, problem_id=training_id, status="completed"))
+            graded = [v for v in mcts if v is not None]
+            iteration.metrics = IterationMetrics(
+                config=config,
+                round=number,
+                done=done,
+                runs=runs,
+                accuracy={"greedy": sum(greedy) / len(greedy)}
+                | ({} if running else {"mcts": sum(graded) / len(graded)}),
+                tokens={"greedy": 40.0 + 10 * number},
+            ).to_dict()
+            session.add(iteration)
+            session.commit()
+    for tree_id, tree_seed, gold, correct, seconds in grown:
+        texts = [*_STEP_TEXTS[:9], SCRIPT_OPTION, MARKDOWN_OPTION]
+        grow_tree(engine, tree_id, seed=tree_seed, simulations=8, gold=gold, texts=texts, finish=False)
+        _finish_as(engine, tree_id, gold=gold, correct=correct, seconds=seconds)
+    with Session(engine) as session:
+        waiting = _add(
+            session,
+            Iteration(
+                name="base",
+                model="qwen2.5-coder-0.5b",
+                status="running",
+                stage="eval_greedy 0/3",
+                metrics=IterationMetrics(config={**config, "model": "qwen2.5-coder-0.5b"}).to_dict(),
+                created_at=now,
+                updated_at=now,
+            ),
+        )
+        seed.waiting = waiting.id
+    engine.dispose()
+    return seed

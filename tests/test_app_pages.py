@@ -39,6 +39,7 @@ PAGES = [
     "views/find.py",
     "views/critics.py",
     "views/improve.py",
+    "views/rounds.py",
     "views/data.py",
 ]
 

@@ -168,3 +168,8 @@ st.page_link(
     label="Compare two iterations' trees on the same problem (Trees → Compare)",
     icon=":material/compare:",
 )
+st.page_link(
+    "views/rounds.py",
+    label="Follow one held-out problem through every round, side by side (Rounds)",
+    icon=":material/view_week:",
+)

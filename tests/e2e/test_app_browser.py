@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 
 import pytest
 
+from tests.app_fixtures import RoundsSeed, seed_rounds
 from tests.e2e.conftest import AppServer, assert_no_errors, screenshot, wait_idle
 
 pytestmark = [pytest.mark.browser]
@@ -19,6 +21,7 @@ PAGES = {
     "find": ("find", "Find"),
     "critics": ("critics", "Critics"),
     "improve": ("improve", "Improve"),
+    "rounds": ("rounds", "Rounds"),
     "data": ("data", "Data"),
 }
 
@@ -116,6 +119,74 @@ def test_critics_and_compare_views(seeded_server: AppServer, page) -> None:
     wait_idle(page)
     assert_no_errors(page)
     screenshot(page, "trees-compare")
+
+
+@pytest.fixture(scope="module")
+def rounds_server(
+    tmp_path_factory: pytest.TempPathFactory, browser: object
+) -> Iterator[tuple[AppServer, RoundsSeed]]:
+    """The app over an improve loop's rounds (``seed_rounds``); ``browser`` first,
+    so a machine without Chromium skips before starting a server."""
+    folder = tmp_path_factory.mktemp("e2e-rounds")
+    seed = seed_rounds(folder / "rounds.db")
+    server = AppServer(seed.url, folder / "app.log")
+    try:
+        server.wait_healthy()
+        yield server, seed
+    finally:
+        server.stop()
+
+
+def test_rounds_side_by_side_a_click_opens_the_node_and_back_returns(rounds_server, page) -> None:
+    """A link opens one problem across the rounds; clicking a node of round 1's
+    tree opens it on the Trees page, and Back returns to the same rounds view."""
+    server, seed = rounds_server
+    link = f"{server.url}/rounds?chain={seed.chain[0]}&problem={seed.problems[0]}&color=prm"
+    page.goto(link)
+    wait_idle(page)
+    for title in ("Base model", "Round 1", "Round 2"):
+        page.locator("h4").filter(has_text=re.compile(f"^{title}$")).first.wait_for(timeout=30000)
+    assert_no_errors(page)
+    screenshot(page, "rounds-side-by-side")
+    tree_id = seed.mcts[(1, 0)]
+    selector = f'[class*="st-key-rounds-chart-{tree_id}"] .scatterlayer path.point'
+    page.wait_for_function(
+        f"() => [...document.querySelectorAll('{selector}')].some(p => p.getBoundingClientRect().width > 0)",
+        timeout=30000,
+    )
+    points = page.locator(selector)
+    boxes = [(box["y"], i) for i in range(points.count()) if (box := points.nth(i).bounding_box())]
+    target = points.nth(max(boxes)[1])  # the deepest marker: a node that is not the root
+    target.scroll_into_view_if_needed()
+    box = target.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.wait_for_timeout(300)
+    page.mouse.click(x, y)
+    # st.switch_page changes the URL within the page (no load event to wait for).
+    page.wait_for_function(
+        f"() => location.pathname.endsWith('/trees') && location.search.includes('tree={tree_id}')",
+        timeout=30000,
+    )
+    wait_idle(page)
+    heading = page.locator("h4").filter(has_text=re.compile(r"^Node \d+")).first.inner_text()
+    assert heading != "Node 0", heading
+    assert_no_errors(page)
+    # The switch to Trees leaves a history entry of the bare Trees page too, so
+    # Back may first land there (which shows the same node); at most twice.
+    for _ in range(2):
+        page.go_back()
+        page.wait_for_timeout(1500)
+        if "/rounds" in page.url:
+            break
+    wait_idle(page)
+    page.locator("h4").filter(has_text=re.compile("^Round 2$")).first.wait_for(timeout=30000)
+    assert f"problem={seed.problems[0]}" in page.url and "color=prm" in page.url, page.url
+    checked = page.evaluate(
+        """() => [...document.querySelectorAll('button[aria-checked="true"]')].map(b => b.innerText.trim())"""
+    )
+    assert "PRM" in checked, checked
+    assert_no_errors(page)
 
 
 @pytest.mark.slow
