@@ -14,6 +14,7 @@ import streamlit as st
 
 from app import data
 from app.layout import COLOR_BY, TreeSnapshot, build_tree_figure, replay, selected_node
+from app.token_view import token_view
 from engine.answers import answers_match
 
 SELECTED_NODES = "selected_nodes"
@@ -225,6 +226,7 @@ def node_detail(
     if not is_root:
         st.caption("Option text (one reasoning step written by the policy)")
         untrusted(node["option_text"])
+        token_view(tree, node)
     # Two rows of two: the detail pane is narrow and four metrics in a row truncate to "0.…".
     columns = [*st.columns(2), *st.columns(2)]
     columns[0].metric("Visits", int(node["visits"]), help="How many simulations passed through this node.")

@@ -331,6 +331,35 @@ def gguf_path(spec: ModelSpec, *, progress: ProgressFn | None = None) -> Path:
     )
 
 
+def tokenizer_file(name: str) -> Path | None:
+    """The ``tokenizer.json`` that turns model ``name``'s token ids back into
+    text, where this machine already has one: a local HF directory's own, the
+    converted directory of a preset or GGUF file once prepared, or a hub id's
+    copy in the Hugging Face cache. Nothing is prepared, converted or
+    downloaded, and neither torch nor transformers is imported, so the studio
+    can show a stored option token by token. None when there is none, or when
+    ``name`` no longer resolves here (a checkpoint deleted, another machine's path).
+    """
+    try:
+        spec = resolve_model(name)
+    except ModelError:
+        return None
+    if spec.kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(spec.path, "tokenizer.json")
+        return Path(cached) if isinstance(cached, str) else None
+    if spec.kind == "hf_dir":
+        folder = Path(spec.path)
+    elif spec.kind == "gguf":
+        folder = _gguf_cache_dir(Path(spec.path)) / "hf"
+    elif spec.preset is not None and PRESETS[spec.preset].role == "policy":
+        folder = _preset_dir(PRESETS[spec.preset]) / "hf"
+    else:
+        return None
+    return folder / "tokenizer.json" if (folder / "tokenizer.json").is_file() else None
+
+
 def prepare_preset(name: str, progress: ProgressFn | None = None) -> Path:
     """Make preset ``name`` ready to load and return its local path: the
     converted HF directory of a policy preset, or the embedding model's
