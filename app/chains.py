@@ -23,8 +23,8 @@ MCTS, GREEDY = "eval_mcts", "eval_greedy"
 """``IterationMetrics.runs`` keys of a round's held-out evaluations."""
 
 MARKS = {True: "✓", False: "✗", None: "?"}
-"""A tree's verdict as one character ("?": not graded); "·" where a round has no tree."""
-NO_TREE = "·"
+"""A tree's verdict as one character ("?": not graded); "–" where a round has no tree."""
+NO_TREE = "–"
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class Round:
         mcts_run: the run of its held-out MCTS evaluation; None before it began.
         greedy_run: the run of its held-out greedy evaluation; None before it began.
         done: the stages it finished, so a run's counts can be told final or partial.
+        error: "ExceptionType: message" of the failure that stopped it, if any.
     """
 
     iteration_id: int
@@ -50,6 +51,7 @@ class Round:
     mcts_run: int | None
     greedy_run: int | None
     done: tuple[str, ...]
+    error: str | None = None
 
     @property
     def title(self) -> str:
@@ -75,6 +77,11 @@ class Chain:
         later = len(self.rounds) - 1
         rounds = f"base + {later} round{'s' * (later != 1)}" if later else "base only"
         return f"Loop from iteration {self.base_id} · {self.model} · {self.task} · {rounds}{when}"
+
+    def evaluated(self, trees: pd.DataFrame) -> list[int]:
+        """The numbers of the rounds with a held-out tree among ``trees``."""
+        held = set(trees["run_id"]) if not trees.empty else set()
+        return [r.number for r in self.rounds if {r.mcts_run, r.greedy_run} & held]
 
     def run_ids(self) -> tuple[int, ...]:
         return tuple(
@@ -124,6 +131,7 @@ def chains(iterations: pd.DataFrame) -> list[Chain]:
                     mcts_run=metrics.runs.get(MCTS),
                     greedy_run=metrics.runs.get(GREEDY),
                     done=tuple(metrics.done),
+                    error=metrics.error,
                 )
             )
         config = _metrics(rows[base]).config

@@ -37,14 +37,12 @@ class ProblemView:
         trees: the loop's held-out trees (``app.data.round_trees``).
         problem_id: the problem shown.
         color_by: a key of ``app.layout.COLOR_BY``.
-        held_out_count: how many held-out problems the loop has.
     """
 
     url: str
     trees: pd.DataFrame
     problem_id: int
     color_by: str
-    held_out_count: int
 
 
 def _open_later(tree_id: int, node: int) -> None:
@@ -73,9 +71,9 @@ def _change(delta: str | None, *, better: str = "down", instead: str = "–") ->
 def accuracy_metrics(view: ProblemView, step: Round, before: Round | None) -> None:
     """The round's accuracy on the whole held-out set and its change from the
     column to the left. An evaluation still running has graded only some problems:
-    its share is marked "so far" and not compared, since it is not yet like for like."""
+    its share is marked "so far" (the overview table gives the counts) and not
+    compared, since it is not yet like for like."""
     columns = st.columns(2)
-    unfinished = []
     for column, (name, key, run_id, earlier) in zip(
         columns,
         [
@@ -88,8 +86,6 @@ def accuracy_metrics(view: ProblemView, step: Round, before: Round | None) -> No
         previous = accuracy(view.trees, earlier)[0]
         partial = run_id is not None and not step.finished(key)
         compared = share is not None and previous is not None and not partial
-        if partial:
-            unfinished.append(f"{name.split()[0]} has graded {graded} of {view.held_out_count}")
         column.metric(
             name,
             _percent(share),
@@ -102,19 +98,22 @@ def accuracy_metrics(view: ProblemView, step: Round, before: Round | None) -> No
             + (" so far (the evaluation has not finished)." if partial else ".")
             + (f" The change is from {before.title}." if compared else ""),
         )
-    if unfinished:
-        st.caption("Still evaluating: " + "; ".join(unfinished) + " held-out problems.")
 
 
 def missing_tree(step: Round) -> None:
     """Why a round has no MCTS tree for this problem, and what to do about it."""
-    if step.mcts_run is None:
-        where = f"it is at stage {step.stage}" if step.status == "running" else f"it is {step.status}"
-        st.info(f"No tree: this round has not begun its held-out MCTS evaluation ({where}).")
-    elif step.status == "running":
-        st.info(f"No tree for this problem yet: the round is still evaluating ({step.stage}).")
+    if step.status == "running":
+        where = f"it is at stage {step.stage}"
     else:
-        st.info(f"No tree for this problem: the round's MCTS evaluation stopped before it ({step.status}).")
+        where = {"failed": "it failed", "interrupted": "it was interrupted"}.get(step.status, step.status)
+    if step.mcts_run is None:
+        st.info(f"No tree: this round has not begun its held-out MCTS evaluation ({where}).")
+    else:
+        yet = " yet" if step.status == "running" else ""
+        st.info(f"No tree for this problem{yet}: the round's MCTS evaluation has not reached it ({where}).")
+    if step.error:
+        st.caption("The error that stopped it")
+        untrusted(step.error)
     if step.status in ("failed", "interrupted"):
         st.caption("Continue the loop with")
         st.code(f"canopy improve --resume {step.iteration_id}", language=None)

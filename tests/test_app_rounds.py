@@ -71,7 +71,6 @@ def test_one_column_per_round_with_verdicts_costs_and_critics(rounds: RoundsSeed
     assert {"node", "PRM", "ORM", "combined", "Q"} <= set(paths[0].columns)
     question = HELD_OUT[0][0]
     assert question in texts(app, "code"), "the question is shown as text"
-    assert any("Still evaluating: MCTS has graded 2 of 3" in c for c in texts(app, "caption"))
 
 
 def test_problem_picker_lists_the_held_out_problems_and_filters_changed_ones(
@@ -83,7 +82,7 @@ def test_problem_picker_lists_the_held_out_problems_and_filters_changed_ones(
     assert picker.options == [
         "#0 · ✗ ✓ ✓ · A farmer has 12 apples, buys 7 more and gives 4 away. How many are left?",
         "#1 · ✓ ✓ ✓ · What is 6 * 7 - 2?",
-        problem_label({"index": 2, "marks": "✗ ✗ ·", "question": HELD_OUT[2][0], "problem_id": 0}),
+        problem_label({"index": 2, "marks": "✗ ✗ –", "question": HELD_OUT[2][0], "problem_id": 0}),
     ], "held-out problems only (not round 1's training problem), each round's verdict in the label"
     picker.select(rounds.problems[1]).run()
     app.toggle(key="rounds.changed").set_value(True).run()
@@ -207,7 +206,7 @@ def test_problem_marks_and_path_verdicts(rounds: RoundsSeed) -> None:
     chain = next(c for c in chains(data.iterations(rounds.url)) if c.base_id == rounds.chain[0])
     table = problems(data.round_trees(rounds.url, chain.run_ids()), chain)
     by_problem = zip(*MCTS_VERDICTS, strict=True)
-    marks = [" ".join({True: "✓", False: "✗", None: "·"}[v] for v in column) for column in by_problem]
+    marks = [" ".join({True: "✓", False: "✗", None: "–"}[v] for v in column) for column in by_problem]
     assert list(table["marks"]) == marks and list(table["changed"]) == [True, False, False]
     nodes = pd.DataFrame(
         {
@@ -255,3 +254,41 @@ def test_back_to_the_page_from_another_restores_its_selection(rounds: RoundsSeed
         assert app.selectbox(key="rounds.problem").value == rounds.problems[2], returning_to
         assert app.session_state["rounds.color"] == "q" and headings(app) == ["Round 2"]
         assert link(app) == written
+
+
+def test_later_rounds_without_evaluations_say_why_and_are_not_shown_first(tmp_path: Path, use_db) -> None:
+    """A loop with more rounds than fit opens on its evaluated ones; a round that
+    failed before evaluating shows its error and how to resume."""
+    from sqlmodel import Session
+
+    from store.iterations import IterationMetrics
+    from store.schema import Iteration
+
+    seed = seed_rounds(tmp_path / "more.db")
+    with Session(make_engine(seed.url, create=False)) as session:
+        failed = Iteration(
+            parent_id=seed.chain[-1],
+            name="round 3",
+            status="failed",
+            stage="sft",
+            metrics=IterationMetrics(done=["search", "mine"], error="RuntimeError: out of memory").to_dict(),
+        )
+        session.add(failed)
+        session.commit()
+        session.refresh(failed)
+        session.add(Iteration(parent_id=failed.id, name="round 4", status="running", stage="search 3/20"))
+        session.commit()
+        failed_id = failed.id
+    use_db(seed.url)
+    app = open_page(PAGE)
+    assert_clean(app)
+    assert app.multiselect(key="rounds.shown").value == [0, 1, 2], "the evaluated rounds, not the last ones"
+    app.multiselect(key="rounds.shown").set_value([0, 3, 4]).run()
+    assert_clean(app)
+    assert headings(app) == ["Base model", "Round 3", "Round 4"]
+    infos = texts(app, "info")
+    assert any("has not begun its held-out MCTS evaluation (it failed)" in t for t in infos)
+    assert any("(it is at stage search 3/20)" in t for t in infos)
+    assert "RuntimeError: out of memory" in texts(app, "code")
+    assert f"canopy improve --resume {failed_id}" in texts(app, "code")
+    assert app.selectbox(key="rounds.problem").options[0].startswith("#0 · ✗ ✓ ✓ – – · A farmer")

@@ -103,7 +103,6 @@ if held_out.empty:
     )
     links.publish("rounds", LOOP_LINK)
     st.stop()
-held_out_count = len(held_out)
 if changed_only:
     held_out = held_out[held_out["changed"]]
 if held_out.empty:
@@ -117,7 +116,7 @@ problem_id = st.selectbox(
     key="rounds.problem",
     format_func=labels.get,
     help="Task index · the MCTS result in each round, base first (✓ correct, ✗ wrong, ? not graded, "
-    "· no tree) · the question.",
+    "– no tree) · the question.",
     **_keep_if_among("rounds.problem", list(labels)),
 )
 problem = held_out[held_out["problem_id"] == problem_id].iloc[0]
@@ -125,15 +124,16 @@ problem = held_out[held_out["problem_id"] == problem_id].iloc[0]
 numbers = [r.number for r in chain.rounds]
 if "rounds.shown" in st.session_state:  # from a link or an earlier pick: only this loop's rounds
     st.session_state["rounds.shown"] = [n for n in st.session_state["rounds.shown"] if n in numbers]
-default = numbers if len(numbers) <= PER_ROW else [numbers[0], *numbers[-(PER_ROW - 1) :]]
+evaluated = chain.evaluated(trees)  # not empty: the loop has held-out trees
+default = evaluated if len(evaluated) <= PER_ROW else [evaluated[0], *evaluated[-(PER_ROW - 1) :]]
 controls = st.columns([3, 2], vertical_alignment="bottom")
 shown_numbers = controls[0].multiselect(
     "Rounds to show",
     numbers,
     key="rounds.shown",
     format_func=lambda n: chain.rounds[numbers.index(n)].title,
-    help=f"At first every round, or the base and the last {PER_ROW - 1} when there are more. "
-    f"{PER_ROW} fit side by side; more wrap to a new row.",
+    help=f"At first every round that has evaluated held-out problems, or the first and the last "
+    f"{PER_ROW - 1} of them when there are more. {PER_ROW} fit side by side; more wrap to a new row.",
     **({} if "rounds.shown" in st.session_state else {"default": default}),
 )
 with controls[1]:
@@ -192,7 +192,7 @@ else:
         "the orange line is the chosen path. Click a node, a step or **Open in Trees** to inspect it on "
         "the Trees page. Changes are from the column to the left."
     )
-    view = ProblemView(url, trees, problem_id, color_by, held_out_count)
+    view = ProblemView(url, trees, problem_id, color_by)
     per_row = min(PER_ROW, len(shown))
     for start in range(0, len(shown), per_row):
         for offset, column in enumerate(st.columns(per_row)):
