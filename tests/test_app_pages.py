@@ -38,6 +38,7 @@ PAGES = [
     "views/trees.py",
     "views/find.py",
     "views/critics.py",
+    "views/labels.py",
     "views/improve.py",
     "views/rounds.py",
     "views/data.py",

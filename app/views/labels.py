@@ -55,10 +55,16 @@ if table.empty:
     st.info("No labels match these filters.")
     st.stop()
 
+
+def counted(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
 counts = table["verdict"].value_counts()
+steps = table[["tree_id", "node_index"]].drop_duplicates().shape[0]
 st.caption(
-    f"{len(table)} labels on {table[['tree_id', 'node_index']].drop_duplicates().shape[0]} steps by "
-    f"{table['author'].nunique()} people: "
+    f"{counted(len(table), 'label', 'labels')} on {counted(steps, 'step', 'steps')} by "
+    f"{counted(table['author'].nunique(), 'person', 'people')}: "
     + ", ".join(f"{counts.get(v, 0)} {v}" for v in LABEL_VERDICTS)
     + ". Click a row to open the step in its tree."
 )

@@ -20,6 +20,7 @@ PAGES = {
     "trees": ("trees", "Trees"),
     "find": ("find", "Find"),
     "critics": ("critics", "Critics"),
+    "labels": ("labels", "Labels"),
     "improve": ("improve", "Improve"),
     "rounds": ("rounds", "Rounds"),
     "data": ("data", "Data"),
@@ -109,7 +110,7 @@ def test_model_text_renders_as_text(seeded_server: AppServer, page) -> None:
 def test_critics_and_compare_views(seeded_server: AppServer, page) -> None:
     page.goto(f"{seeded_server.url}/critics")
     wait_idle(page)
-    page.get_by_role("tab", name="Calibration against verified outcomes").click()
+    page.get_by_role("tab", name="Calibration against outcomes or people").click()
     wait_idle(page)
     assert_no_errors(page)
     screenshot(page, "critics-calibration")
