@@ -117,7 +117,8 @@ def label_panel(
         max_chars=MAX_NOTE,
         placeholder="Why? e.g. “3 × 4 is 12, not 14”",
     )
-    columns = st.columns(len(LABEL_VERDICTS) + 1)
+    # Two by two: the detail column is narrow, and four buttons in a row cut their labels.
+    columns = [*st.columns(2), *st.columns(2)]
     for column, verdict in zip(columns, LABEL_VERDICTS, strict=False):
         column.button(
             VERDICT_TEXT[verdict],

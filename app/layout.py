@@ -312,21 +312,6 @@ def build_tree_figure(
                 name="filtered sibling (near-duplicate)",
             )
         )
-    for verdict, (symbol, color) in LABEL_MARKS.items():
-        marked = [position[i] for i, v in (marks or {}).items() if v == verdict and i in position]
-        if marked:  # few points: plain SVG even where the nodes use WebGL, which draws text poorly
-            traces.append(
-                go.Scatter(
-                    x=x[marked],
-                    y=y[marked],
-                    mode="text",
-                    text=[symbol] * len(marked),
-                    textposition="top right",
-                    textfont={"color": color, "size": 15},
-                    hoverinfo="skip",
-                    name=f"{symbol} labelled {verdict}",
-                )
-            )
     if selected is not None and selected in position:
         pos = position[selected]
         traces.append(
@@ -345,6 +330,21 @@ def build_tree_figure(
                 customdata=[[selected, -1]],
             )
         )
+    for verdict, (symbol, color) in LABEL_MARKS.items():  # last: on top of the selection ring
+        marked = [position[i] for i, v in (marks or {}).items() if v == verdict and i in position]
+        if marked:  # few points: plain SVG even where the nodes use WebGL, which draws text poorly
+            traces.append(
+                go.Scatter(
+                    x=x[marked],
+                    y=y[marked],
+                    mode="text",
+                    text=[f"<b>{symbol}</b>"] * len(marked),
+                    textposition="top right",
+                    textfont={"color": color, "size": 20},
+                    hoverinfo="skip",
+                    name=f"{symbol} labelled {verdict}",
+                )
+            )
     max_depth = int(depth.max(initial=0))
     tick_step = max(1, (max_depth + 1) // 12)
     figure = go.Figure(traces)

@@ -255,5 +255,5 @@ def test_labelled_nodes_are_marked_beside_them() -> None:
     snapshot = TreeSnapshot(make_nodes([-1, 0, 0, 1]), NO_FILTERED, None)
     figure = build_tree_figure(snapshot, marks={1: "correct", 3: "incorrect", 9: "unsure"})
     marks = {trace.name: list(trace.text) for trace in figure.data if trace.mode == "text"}
-    assert marks == {"✓ labelled correct": ["✓"], "✗ labelled incorrect": ["✗"]}  # node 9 is not in the tree
+    assert marks == {"✓ labelled correct": ["<b>✓</b>"], "✗ labelled incorrect": ["<b>✗</b>"]}  # 9: no node
     assert not any(trace.mode == "text" for trace in build_tree_figure(snapshot).data)

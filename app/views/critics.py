@@ -173,7 +173,7 @@ def disagreement_tab() -> None:
     st.caption("Click a row to open the node in its tree.")
     table = ranked.assign(
         outcome=ranked["outcome"].map(lambda o: OUTCOMES.get(None if o != o else o, OUTCOMES[None])[0]),
-        people=ranked["human"].map(HUMAN),
+        people=ranked["human"].map(HUMAN).fillna(""),
     )[["tree_id", "index", "depth", x_col, y_col, "gap", "outcome", "people", "option_text"]]
     number = st.column_config.NumberColumn(format="%.3f", width="small")
     st.dataframe(

@@ -286,11 +286,12 @@ def explore(tree: pd.Series) -> None:
             "The camera icon above the chart saves this view as a PNG."
         )
         export_buttons(tree_id, color_by)
-    with right, st.container(border=True, height=760):
+    with right, st.container(border=True, height=540):
         programs = data.tree_programs(url, tree_id, data.tree_stamp(url, tree_id))
         index = selected_index(tree_id)
         node_detail(tree, snapshot.nodes, snapshot.filtered, index, programs)
-        if index in set(snapshot.nodes["index"]) and index != 0:
+    if index in set(snapshot.nodes["index"]) and index != 0:
+        with right, st.container(border=True):  # under the scrolling detail, always in view
             label_panel(url, tree_id, index, key=f"trees.label.{tree_id}", shortcuts=True)
     with st.expander(f"All {len(snapshot.nodes)} nodes as a table — click a row to inspect it"):
         node_table(snapshot.nodes, tree_id=tree_id, key=f"trees.table.{tree_id}.{upto}", chosen_path=chosen)
