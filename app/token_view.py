@@ -19,7 +19,7 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,16 +114,20 @@ def _rgba(rgb: tuple[int, int, int], alpha: float) -> str:
     return f"rgba({rgb[0]}, {rgb[1]}, {rgb[2]}, {alpha:.3f})"
 
 
-def tokens_html(pieces: Sequence[Piece], colours: Sequence[str], tooltips: Sequence[str]) -> str:
-    """The pieces as spans with a background colour and a hover tooltip each.
+def tokens_html(
+    pieces: Sequence[Piece], colours: Sequence[str], tooltips: Sequence[str], outlined: Collection[int] = ()
+) -> str:
+    """The pieces as spans with a background colour and a hover tooltip each,
+    the pieces at positions ``outlined`` framed (the ones a caption points at).
     Every piece and tooltip is escaped: model text is shown, never interpreted.
     A line break shows as ↵ and then breaks the line."""
     spans = []
-    for piece, colour, tooltip in zip(pieces, colours, tooltips, strict=True):
+    for position, (piece, colour, tooltip) in enumerate(zip(pieces, colours, tooltips, strict=True)):
         shown = html.escape(piece.text).replace("\n", "↵\n") or "∅"
+        edge = "0 0 0 2px #1d2b23" if position in outlined else "inset -1px 0 0 rgba(0, 0, 0, 0.18)"
         spans.append(
             f'<span title="{html.escape(tooltip)}" style="background: {colour}; border-radius: 3px; '
-            f'box-shadow: inset -1px 0 0 rgba(0, 0, 0, 0.18); padding: 2px 0">{shown}</span>'
+            f'box-shadow: {edge}; padding: 2px 0">{shown}</span>'
         )
     return (
         '<div style="font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.88rem; '
@@ -203,10 +207,10 @@ def token_view(tree: pd.Series, node: pd.Series) -> None:
     url = data.db_url()
     tree_id, index = int(tree["id"]), int(node["index"])
     token_ids, logprobs = _node_tokens(url, tree_id, index)
-    st.caption("The same step token by token (hover a token for its numbers)")
     if not token_ids:
         st.caption("No token ids were stored for this node, so it cannot be shown token by token.")
         return
+    st.caption("The same step token by token (hover a token for its numbers)")
     colour_by = st.radio(
         "Colour tokens by",
         COLOUR_BY,
@@ -243,17 +247,17 @@ def _by_logprob(pieces: Sequence[Piece], logprobs: Sequence[float]) -> None:
         _tooltip(p, f"p = {math.exp(lp):.3f} (log p = {lp:.3f})")
         for p, lp in zip(pieces, grouped, strict=True)
     ]
-    st.html(tokens_html(pieces, [probability_colour(lp) for lp in grouped], tips))
+    least = min(range(len(grouped)), key=grouped.__getitem__)
+    st.html(tokens_html(pieces, [probability_colour(lp) for lp in grouped], tips, {least}))
     st.html(
         legend_html(
             "p = 1 (expected)", "p = 0 (surprising)", [probability_colour(0.0), probability_colour(-50)]
         )
     )
-    least = min(range(len(logprobs)), key=logprobs.__getitem__)
     total = sum(logprobs)
     st.caption(
         f"{len(logprobs)} tokens; sum of log p = {total:.3f} (mean {total / len(logprobs):.3f}); "
-        f"the least likely is token {least + 1}, p = {math.exp(logprobs[least]):.3f}."
+        f"the least likely (framed) has p = {math.exp(grouped[least]):.3f}."
     )
 
 
@@ -278,28 +282,36 @@ def _by_dpo_reward(url: str, tree: pd.Series, index: int, pieces: Sequence[Piece
     )
     request = (url, tree_id, chosen.iteration_id)
     asked = st.session_state.setdefault(REQUESTED, set())
-    if request not in asked:
-        st.caption(
-            f"Reads every option of tree {tree_id} under iteration {chosen.iteration_id}'s DPO policy and "
-            "under the model its DPO started from (two models, loaded one after the other); on a CPU this "
-            "takes from seconds to minutes, once per tree."
-        )
-        if not st.button(
-            f"Compute DPO rewards for tree {tree_id}",
-            key=f"token_view.compute.{tree_id}",
-            icon=":material/calculate:",
-        ):
+    if request in asked:
+        try:
+            with st.spinner(
+                f"Reading tree {tree_id} under iteration {chosen.iteration_id}'s policy and its reference…"
+            ):
+                credit = dpo_credit(*request)
+        except CanopyError as error:
+            asked.discard(request)
+            st.error(f"Could not compute the DPO rewards: {error}", icon=":material/error:")
+        else:
+            _show_rewards(credit, index, pieces)
             return
-        asked.add(request)
-    try:
-        with st.spinner(
-            f"Reading tree {tree_id} under iteration {chosen.iteration_id}'s policy and its reference…"
-        ):
-            credit = dpo_credit(*request)
-    except CanopyError as error:
-        asked.discard(request)
-        st.error(f"Could not compute the DPO rewards: {error}", icon=":material/error:")
-        return
+    st.caption(
+        f"Reads every option of tree {tree_id} under iteration {chosen.iteration_id}'s DPO policy and "
+        "under the model its DPO started from (two models, loaded one after the other); on a CPU this "
+        "takes from seconds to minutes, once per tree."
+    )
+    # The click is recorded before the rerun it causes, so that run computes and shows no button.
+    st.button(
+        f"Compute DPO rewards for tree {tree_id}",
+        key=f"token_view.compute.{tree_id}",
+        icon=":material/calculate:",
+        on_click=asked.add,
+        args=(request,),
+    )
+
+
+def _show_rewards(credit: dict[str, Any], index: int, pieces: Sequence[Piece]) -> None:
+    """Node ``index``'s tokens coloured by ``canopy credit``'s rewards, on one
+    scale for the whole tree so that steps compare."""
     numbers = credit["nodes"].get(str(index))
     if numbers is None:
         st.caption("This node was added to the tree after its rewards were computed.")
@@ -313,7 +325,11 @@ def _by_dpo_reward(url: str, tree: pd.Series, index: int, pieces: Sequence[Piece
         _tooltip(p, f"β·log π/π_ref = {r:+.4f} (log π = {a:.3f}, log π_ref = {b:.3f})")
         for p, r, a, b in zip(pieces, grouped, policy, reference, strict=True)
     ]
-    st.html(tokens_html(pieces, [reward_colour(r, scale) for r in grouped], tips))
+    extremes = {
+        max(range(len(grouped)), key=grouped.__getitem__),
+        min(range(len(grouped)), key=grouped.__getitem__),
+    }
+    st.html(tokens_html(pieces, [reward_colour(r, scale) for r in grouped], tips, extremes))
     st.html(
         legend_html(
             f"−{scale:.3g} (penalised)",
@@ -321,11 +337,8 @@ def _by_dpo_reward(url: str, tree: pd.Series, index: int, pieces: Sequence[Piece
             [reward_colour(-scale, scale), reward_colour(0.0, scale), reward_colour(scale, scale)],
         )
     )
-    best = max(range(len(rewards)), key=rewards.__getitem__)
-    worst = min(range(len(rewards)), key=rewards.__getitem__)
     st.caption(
-        f"β = {credit['beta']:g}; the step's implicit reward is the sum, {sum(rewards):+.4f}. "
-        f"Most rewarded: token {best + 1} ({rewards[best]:+.4f}); "
-        f"most penalised: token {worst + 1} ({rewards[worst]:+.4f}). "
+        f"β = {credit['beta']:g}; the step's implicit reward is the sum of its tokens', {sum(rewards):+.4f}. "
+        f"Framed: the most rewarded ({max(grouped):+.4f}) and the most penalised ({min(grouped):+.4f}). "
         "The colour scale is the largest |reward| in this tree."
     )

@@ -140,6 +140,9 @@ def test_tokens_are_coloured_by_log_prob_and_model_text_stays_literal(store: Tok
     assert re.search(r"tokens \d+–\d+ · p = ", emoji), "its tooltip names the tokens it spans"
     first_title = spans[0][0]
     assert first_title.endswith(f"p = {math.exp(store.logprobs[0]):.3f} (log p = {store.logprobs[0]:.3f})")
+    framed = re.findall(r'<span title="[^"]*p = ([0-9.]+) [^"]*" style="[^"]*0 0 0 2px[^"]*">', tokens)
+    shown_p = [float(re.search(r"p = ([0-9.]+) ", title).group(1)) for title, _ in _spans(tokens)]
+    assert [float(p) for p in framed] == [min(shown_p)], "the least likely piece is framed"
     assert any("p = 1 (expected)" in body for body in _html(app)), "the legend"
     total = sum(store.logprobs)
     assert any(f"{len(store.token_ids)} tokens; sum of log p = {total:.3f}" in c for c in _shown(app))
@@ -208,6 +211,7 @@ def test_dpo_rewards_are_computed_once_on_demand_and_coloured(
     app.button(key=f"token_view.compute.{store.tree_id}").click().run()
     assert not app.exception, [e.value for e in app.exception]
     assert calls == [(store.url, store.tree_id, iteration_id)]
+    assert not [b for b in app.button if b.key == f"token_view.compute.{store.tree_id}"], "done: no button"
     spans = _spans(next(body for body in _html(app) if "<span title=" in body))
     assert "".join(text for _, text in spans) == HOSTILE.replace("\n", "↵\n")
     assert all(
@@ -234,7 +238,6 @@ def test_a_failed_computation_shows_its_reason_and_offers_the_button_again(
     app.radio(key=f"token_view.colour.{store.tree_id}").set_value("DPO reward").run()
     app.button(key=f"token_view.compute.{store.tree_id}").click().run()
     assert any("Could not compute the DPO rewards: iteration 1's DPO checkpoint" in e for e in _shown(app))
-    app.run()
     assert [b for b in app.button if b.key == f"token_view.compute.{store.tree_id}"], "the button is back"
 
 
