@@ -15,12 +15,12 @@ from store.db import StoreError
 FORMAT = "canopy-tree/1"
 """The document's ``format`` field; a change of its shape changes the number."""
 
-_DROPPED = {"token_ids", "tree_id", "id"}  # long or store-internal
+_DROPPED = {"token_ids", "token_logprobs", "tree_id", "id"}  # long or store-internal
 
 
 def tree_document(engine: Engine, tree_id: int) -> dict[str, Any]:
     """The tree, its problem and run, every node (all stored columns but token
-    ids, with its critics' scores and rollouts), the parent-to-child ``edges``,
+    ids and their log-probs, with its critics' scores and rollouts), the parent-to-child ``edges``,
     the siblings filtered as near-duplicates and the chosen path.
 
     Raises:

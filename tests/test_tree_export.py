@@ -43,7 +43,7 @@ def test_the_document_holds_every_node_its_edges_and_the_chosen_path(searched) -
     chosen = document["tree"]["chosen_path"]
     assert chosen and [n["index"] for n in nodes if n["on_chosen_path"]] == sorted(chosen)
     assert {"option_text", "visits", "q", "combined_score", "rollouts", "answer"} <= set(nodes[0])
-    assert "token_ids" not in nodes[0]
+    assert "token_ids" not in nodes[0] and "token_logprobs" not in nodes[0]
     with pytest.raises(StoreError, match="no tree with id 999"):
         tree_document(engine, 999)
 
