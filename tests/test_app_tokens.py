@@ -24,7 +24,7 @@ from store.schema import Iteration, Node, Problem, Run, Tree
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = str(ROOT / "app" / "main.py")
-HOSTILE = "<script>alert('x')</script> **bold** <b>b</b> 😀 done\n"
+HOSTILE = "<script>window.__pwned = 'yes'</script> **bold** <b>b</b> 😀 done\n"
 """An option whose text is markup, Markdown and a four-byte character at once."""
 
 
@@ -60,7 +60,7 @@ def _tokenizer(folder: Path) -> Tokenizer:
     return tokenizer
 
 
-def _store(folder: Path) -> TokenStore:
+def token_store(folder: Path) -> TokenStore:
     tokenizer = _tokenizer(folder / "tiny-model")
     token_ids = tuple(tokenizer.encode(HOSTILE).ids)
     logprobs = tuple(-0.01 - 0.4 * (position % 7) for position in range(len(token_ids)))
@@ -73,7 +73,14 @@ def _store(folder: Path) -> TokenStore:
         session.add_all([problem, *runs])
         session.flush()
         trees = [
-            Tree(run_id=run.id, problem_id=problem.id, status="completed", node_count=4, simulations_done=1)
+            Tree(
+                run_id=run.id,
+                problem_id=problem.id,
+                status="completed",
+                node_count=4,
+                simulations_done=1,
+                simulations_target=1,
+            )
             for run in runs
         ]
         session.add_all(trees)
@@ -95,7 +102,7 @@ def _store(folder: Path) -> TokenStore:
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TokenStore:
-    found = _store(tmp_path)
+    found = token_store(tmp_path)
     monkeypatch.setenv("CANOPY_DB", found.url)
     return found
 
