@@ -196,7 +196,10 @@ def _rounds(url: str) -> list[DPORound]:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _node_tokens(url: str, tree_id: int, index: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+def _node_tokens(
+    url: str, tree_id: int, index: int, stamp: tuple[Any, ...]
+) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The node's token ids and log-probs, read again whenever the tree changes (``stamp``)."""
     found = node_tokens(data.engine(url), tree_id, index)
     return found.token_ids, found.logprobs
 
@@ -206,7 +209,7 @@ def token_view(tree: pd.Series, node: pd.Series) -> None:
     it under the option text."""
     url = data.db_url()
     tree_id, index = int(tree["id"]), int(node["index"])
-    token_ids, logprobs = _node_tokens(url, tree_id, index)
+    token_ids, logprobs = _node_tokens(url, tree_id, index, data.tree_stamp(url, tree_id))
     if not token_ids:
         st.caption("No token ids were stored for this node, so it cannot be shown token by token.")
         return
@@ -313,8 +316,8 @@ def _show_rewards(credit: dict[str, Any], index: int, pieces: Sequence[Piece]) -
     """Node ``index``'s tokens coloured by ``canopy credit``'s rewards, on one
     scale for the whole tree so that steps compare."""
     numbers = credit["nodes"].get(str(index))
-    if numbers is None:
-        st.caption("This node was added to the tree after its rewards were computed.")
+    if numbers is None or len(numbers["reward"]) != sum(piece.count for piece in pieces):
+        st.caption("This node was added to the tree, or rewritten, after its rewards were computed.")
         return
     rewards = numbers["reward"]
     scale = max((abs(r) for node in credit["nodes"].values() for r in node["reward"]), default=0.0)
