@@ -8,11 +8,13 @@ error types with one-line messages; ``canopy.cli.main`` prints them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from canopy.common import (
     Interrupted,
@@ -30,6 +32,13 @@ from canopy.common import (
 from canopy.errors import UsageError
 from engine.baselines import BEAM_SCORES, METHODS, EvalSettings
 from engine.defaults import eval_defaults, search_defaults
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from engine.api import Components
+    from engine.evaluate import EvalResult
+    from engine.types import Problem
 
 _SETTING_CHOICES = {"beam_score": BEAM_SCORES}
 
@@ -71,6 +80,18 @@ def add_eval_parser(subcommands) -> argparse.ArgumentParser:
         "as many samples as it takes to spend about the tokens MCTS spent (overrides --samples).",
     )
     parser.add_argument("--config", help="TOML or JSON file of search settings.")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="With --method or --resume: solve problems on N Ray actors, each loading the model once "
+        "(>= 1; 1 runs in this process without Ray; more needs the [cluster] extra).",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        help="Join this Ray cluster for --workers instead of starting Ray on this machine.",
+    )
     add_db_flag(parser)
     parser.add_argument("--json", action="store_true", help="Print one JSON object with the result.")
     group = parser.add_argument_group("baseline settings (default: the task's, see engine/defaults.py)")
@@ -156,13 +177,25 @@ class _ProblemProgress:
         self.bar.close()
 
 
+def _fan_out(args: argparse.Namespace) -> bool:
+    """Whether the problems go to Ray actors (checked before anything loads)."""
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    fan_out = args.workers > 1 or args.ray_address is not None
+    if fan_out and (args.compare or args.ablation):
+        raise UsageError(
+            "--workers and --ray-address work with --method and --resume, not --compare or --ablation"
+        )
+    return fan_out
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from engine.api import RunNotResumable, stored_critic_models
-    from engine.compare import ablation_configs, compare, run_ablation
+    from engine.compare import ablation_configs
     from engine.evaluate import eval_run, evaluate
-    from engine.reports import results_table
     from store.db import make_engine
 
+    fan_out = _fan_out(args)
     if args.resume is not None:
         engine = make_engine(args.db)
         run = eval_run(engine, args.resume)
@@ -184,7 +217,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_models(model, rollout_model)
         engine = None
     problems = load_selection(selection)
-    engine = engine or make_engine(args.db)
+    if not fan_out:
+        engine = engine or make_engine(args.db)
     search = settings.search
     if "mcts" not in methods:
         # Baselines never consult the similarity filter: don't load an embedding model for it.
@@ -198,7 +232,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         weight_orm=1.0 if "best-of-n" in methods else search.weight_orm,
         weight_prm=1.0 if "beam" in methods else search.weight_prm,
     )
-    components = load_components(
+    build_components = functools.partial(
+        load_components,
         loaded,
         critic_models,
         model=model,
@@ -206,6 +241,57 @@ def cmd_eval(args: argparse.Namespace) -> int:
         backend=backend["name"],
         base_url=backend["base_url"],
     )
+    evaluate_and_report = functools.partial(
+        _run,
+        args,
+        methods=methods,
+        problems=problems,
+        settings=settings,
+        selection=selection,
+        backend=backend,
+    )
+    if fan_out:
+        from engine.fanout import WorkerPool, evaluate_on_workers
+        from store.db import default_db_url, normalize_url
+
+        # Ray first: an unreachable cluster stops the command before the store is touched.
+        with WorkerPool(
+            database_url=normalize_url(args.db or default_db_url()),
+            build_components=build_components,
+            workers=args.workers,
+            address=args.ray_address,
+        ) as pool:
+            log(f"{args.workers} workers loaded {model}")
+            return evaluate_and_report(
+                engine=pool.engine,
+                components=None,
+                evaluate_one=functools.partial(evaluate_on_workers, pool),
+            )
+    components = build_components()
+    return evaluate_and_report(
+        engine=engine,
+        components=components,
+        evaluate_one=functools.partial(evaluate, engine, components=components),
+    )
+
+
+def _run(
+    args: argparse.Namespace,
+    *,
+    engine: Engine,
+    methods: list[str],
+    problems: list[Problem],
+    settings: EvalSettings,
+    selection: dict[str, Any],
+    backend: dict[str, Any],
+    components: Components | None,
+    evaluate_one: Callable[..., EvalResult],
+) -> int:
+    """Evaluate (one method through ``evaluate_one``, in this process or on
+    workers; a comparison or the ablation on ``components``) and print the result."""
+    from engine.compare import ablation_configs, compare, run_ablation
+    from engine.reports import results_table
+
     meta = {"problems": selection, "backend": backend}
     rows = len(methods)
     if args.ablation:
@@ -245,11 +331,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 **report_args,
             )
         else:
-            result = evaluate(
-                engine,
+            result = evaluate_one(
                 method=methods[0],
                 problems=problems,
-                components=components,
                 settings=settings,
                 run_id=args.resume,
                 on_problem=lambda record, done, total: progress(methods[0], record, done, total),

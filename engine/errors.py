@@ -34,3 +34,8 @@ class ValueCheckpointError(CriticCheckpointError):
 
 class RunNotResumable(CanopyError, ValueError):
     """The run id does not exist or the run has nothing left to do."""
+
+
+class WorkerError(CanopyError, ValueError):
+    """Fanned-out work cannot run: Ray is missing or unreachable, a worker could
+    not start, or one problem keeps killing its workers."""

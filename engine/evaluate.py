@@ -106,6 +106,25 @@ class EvalResult:
         trajectories = sum(record.trajectories for record in self.records)
         return sum(record.answered for record in self.records) / trajectories if trajectories else None
 
+    @classmethod
+    def from_records(
+        cls, *, run_id: int, method: str, model: str, task: str, records: list[ProblemRecord]
+    ) -> EvalResult:
+        """The result whose accuracy and means are taken over ``records``."""
+        graded = [record for record in records if record.correct is not None]
+        return cls(
+            run_id=run_id,
+            method=method,
+            model=model,
+            task=task,
+            n=len(records),
+            accuracy=sum(bool(record.correct) for record in graded) / len(graded) if graded else None,
+            generated_tokens=sum(record.generated_tokens for record in records) / len(records),
+            prefill_tokens=sum(record.prefill_tokens for record in records) / len(records),
+            seconds=round(sum(record.seconds for record in records), 3),
+            records=records,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "records"}
         data["answered_share"] = self.answered_share
@@ -145,51 +164,88 @@ def evaluate(
         ConfigError: unknown method, no problems, or a method whose critic is off.
         RunNotResumable: ``run_id`` is unknown or is not this evaluation.
     """
+    resumed = run_id is not None
+    run_id = open_eval_run(
+        engine,
+        method=method,
+        task=problems[0].task if problems else "",
+        n_problems=len(problems),
+        components=components,
+        settings=settings,
+        run_id=run_id,
+        meta=meta,
+        iteration_id=iteration_id,
+    )
+    if on_run_created is not None and not resumed:
+        on_run_created(run_id)
+
+    def work() -> list[ProblemRecord]:
+        records = []
+        for done, problem in enumerate(problems, start=1):
+            record = solve_problem(
+                engine,
+                run_id=run_id,
+                method=method,
+                problem=problem,
+                components=components,
+                settings=settings,
+                samples_from=samples_from,
+            )
+            records.append(record)
+            if on_problem is not None:
+                on_problem(record, done, len(problems))
+        return records
+
+    records = tracked_run(engine, run_id, work)
+    return EvalResult.from_records(
+        run_id=run_id, method=method, model=components.policy.name, task=problems[0].task, records=records
+    )
+
+
+def open_eval_run(
+    engine: Engine,
+    *,
+    method: str,
+    task: str,
+    n_problems: int,
+    components: Components,
+    settings: EvalSettings,
+    run_id: int | None = None,
+    meta: dict[str, Any] | None = None,
+    iteration_id: int | None = None,
+) -> int:
+    """Check the request and make its eval run (or, given ``run_id``, check that
+    run may be continued and mark it running); the id of the run to fill.
+
+    Apart from ``evaluate`` so that a fan-out opens the run where the
+    components are (in a worker) while its driver holds no model.
+
+    Raises:
+        ConfigError: unknown method, no problems, or a method whose critic is off.
+        RunNotResumable: ``run_id`` is unknown or is not this evaluation.
+    """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if not problems:
+    if n_problems < 1:
         raise ConfigError("no problems to evaluate")
     if method == "beam" and components.critics.prm is None:
         raise ConfigError("beam search is PRM-guided: set weight_prm > 0")
-    policy = components.policy
-    if run_id is None:
-        run_id = create_run(
-            engine,
-            model=policy.name,
-            task=problems[0].task,
-            seed=settings.seed,
-            config={"settings": settings.to_dict(), "meta": dict(meta or {})},
-            critics=components.critic_info(settings.search),
-            rollout_model=getattr(components.rollout_policy, "name", None),
-            backend=components.backend,
-            kind="eval",
-            method=method,
-            iteration_id=iteration_id,
-        )
-        if on_run_created is not None:
-            on_run_created(run_id)
-    else:
+    if run_id is not None:
         check_resumable(engine, run_id, method=method, settings=settings, components=components)
         set_run_status(engine, run_id, "running")
-
-    def work() -> list[ProblemRecord]:
-        return _evaluate_problems(
-            engine, run_id, method, problems, components, settings, on_problem, samples_from
-        )
-
-    records = tracked_run(engine, run_id, work)
-    graded = [record for record in records if record.correct is not None]
-    return EvalResult(
-        run_id=run_id,
+        return run_id
+    return create_run(
+        engine,
+        model=components.policy.name,
+        task=task,
+        seed=settings.seed,
+        config={"settings": settings.to_dict(), "meta": dict(meta or {})},
+        critics=components.critic_info(settings.search),
+        rollout_model=getattr(components.rollout_policy, "name", None),
+        backend=components.backend,
+        kind="eval",
         method=method,
-        model=policy.name,
-        task=problems[0].task,
-        n=len(records),
-        accuracy=sum(bool(record.correct) for record in graded) / len(graded) if graded else None,
-        generated_tokens=sum(record.generated_tokens for record in records) / len(records),
-        prefill_tokens=sum(record.prefill_tokens for record in records) / len(records),
-        seconds=round(sum(record.seconds for record in records), 3),
-        records=records,
+        iteration_id=iteration_id,
     )
 
 
@@ -274,37 +330,35 @@ def matching_run(
     )
 
 
-def _evaluate_problems(
+def solve_problem(
     engine: Engine,
+    *,
     run_id: int,
     method: str,
-    problems: Sequence[Problem],
+    problem: Problem,
     components: Components,
     settings: EvalSettings,
-    on_problem: Callable[[ProblemRecord, int, int], None] | None,
-    samples_from: int | None,
-) -> list[ProblemRecord]:
+    samples_from: int | None = None,
+) -> ProblemRecord:
+    """Solve one problem into eval run ``run_id``, or read it back when its tree
+    is already completed; an unfinished tree (an interrupted session's, or a dead
+    worker's) is continued: MCTS from its last committed step, a baseline anew.
+
+    The caller must make sure no other process is solving the same problem of
+    the same run at the same time (``evaluate`` solves one at a time; a fan-out
+    hands each problem to one live worker)."""
     with Session(engine) as session:
-        stored = session.exec(select(schema.Tree).where(schema.Tree.run_id == run_id)).all()
-    trees_by_problem = {row.problem_id: row for row in stored}
-    records = []
-    for done, problem in enumerate(problems, start=1):
-        with Session(engine) as session:
-            problem_id = find_or_add_problem(session, problem).id
-            session.commit()
-        tree_row = trees_by_problem.get(problem_id)
+        problem_id = find_or_add_problem(session, problem).id
+        session.commit()
+        tree_row = session.exec(
+            select(schema.Tree)
+            .where(schema.Tree.run_id == run_id, schema.Tree.problem_id == problem_id)
+            .order_by(schema.Tree.id)
+        ).first()
         if tree_row is not None and tree_row.status == "completed":
-            with Session(engine) as session:
-                record = _record(session, tree_row, problem, from_store=True)
-        else:
-            samples = _stored_samples(engine, samples_from, problem_id) if samples_from is not None else None
-            record = _solve(engine, run_id, method, problem, components, settings, tree_row, samples)
-            with Session(engine) as session:
-                trees_by_problem[problem_id] = session.get(schema.Tree, record.tree_id)
-        records.append(record)
-        if on_problem is not None:
-            on_problem(record, done, len(problems))
-    return records
+            return _record(session, tree_row, problem, from_store=True)
+    samples = _stored_samples(engine, samples_from, problem_id) if samples_from is not None else None
+    return _solve(engine, run_id, method, problem, components, settings, tree_row, samples)
 
 
 def _solve(
@@ -422,5 +476,7 @@ __all__ = [
     "eval_run",
     "evaluate",
     "matching_run",
+    "open_eval_run",
+    "solve_problem",
     "stored_settings",
 ]

@@ -1,0 +1,262 @@
+"""``canopy eval --workers N``: problems fanned out to Ray actors (``engine/fanout.py``).
+
+The actors run the fake policy and critics (``tests/fakes.py``), built in each
+actor's own process; the tests that need Ray skip when the optional
+``[cluster]`` extra is not installed. The command-line checks that need no
+Ray (``--workers 0``, Ray missing) run everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from functools import partial
+
+import pytest
+from sqlmodel import Session, select
+
+from engine.baselines import EvalSettings
+from engine.config import SearchConfig
+from engine.evaluate import evaluate
+from engine.types import Problem
+from store import schema
+from store.db import make_engine
+from tests.fakes import FakePolicy, fake_components
+
+PROBLEMS = [
+    Problem(
+        question=f"Tom has 3 apples and buys 4 more ({i}). How many apples?",
+        answer="7",
+        task="arithmetic",
+        index=i,
+    )
+    for i in range(5)
+]
+SETTINGS = EvalSettings(samples=3, search=SearchConfig(simulations=5, seed=3, similarity="edit", rollouts=1))
+
+
+class DyingPolicy(FakePolicy):
+    """A ``FakePolicy`` whose process kills itself (SIGKILL, as ``kill -9``) at its
+    second proposal, mid-problem, once over all processes: the first to create
+    ``marker`` dies, so exactly one worker is lost."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+        self.proposals = 0
+
+    def propose(self, state, **kwargs):
+        self.proposals += 1
+        if self.proposals == 2:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().propose(state, **kwargs)
+
+
+def dying_components(marker: str):
+    """What a worker loads: the fake components around a ``DyingPolicy``."""
+    return fake_components(DyingPolicy(marker), SETTINGS.search)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """Ray started once for the module (a pool reuses a connection it finds)."""
+    ray = pytest.importorskip(
+        "ray", reason="Ray is the optional [cluster] extra: pip install -e '.[cluster]'"
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def _answers(result) -> list[tuple]:
+    return [
+        (record.index, record.answer, record.correct, record.generated_tokens, record.trajectories)
+        for record in result.records
+    ]
+
+
+def _tree_texts(engine, run_id: int) -> dict[int, list[str]]:
+    """Each problem's stored option texts, in node order, by problem index."""
+    with Session(engine) as session:
+        trees = session.exec(select(schema.Tree).where(schema.Tree.run_id == run_id)).all()
+        out = {}
+        for tree in trees:
+            problem = session.get(schema.Problem, tree.problem_id)
+            nodes = session.exec(
+                select(schema.Node).where(schema.Node.tree_id == tree.id).order_by(schema.Node.index)
+            ).all()
+            assert problem.index not in out, "one tree per problem"
+            out[problem.index] = [node.option_text for node in nodes]
+    return out
+
+
+@pytest.mark.parametrize("method", ["mcts", "self-consistency"])
+def test_two_workers_give_the_sequential_results(db_url, local_ray, method) -> None:
+    from engine.fanout import WorkerPool, evaluate_on_workers
+
+    engine = make_engine(db_url)
+    alone = evaluate(
+        engine,
+        method=method,
+        problems=PROBLEMS,
+        components=fake_components(None, SETTINGS.search),
+        settings=SETTINGS,
+    )
+    seen = []
+    build = partial(fake_components, None, SETTINGS.search)
+    with WorkerPool(database_url=db_url, build_components=build, workers=2) as pool:
+        fanned = evaluate_on_workers(
+            pool,
+            method=method,
+            problems=PROBLEMS,
+            settings=SETTINGS,
+            on_problem=lambda record, done, total: seen.append((done, total)),
+        )
+    assert _answers(fanned) == _answers(alone)
+    assert _tree_texts(engine, fanned.run_id) == _tree_texts(engine, alone.run_id)
+    assert sorted(seen) == [(done, len(PROBLEMS)) for done in range(1, len(PROBLEMS) + 1)]
+    assert (fanned.accuracy, fanned.model, fanned.n) == (alone.accuracy, alone.model, alone.n)
+    with Session(engine) as session:
+        run = session.get(schema.Run, fanned.run_id)
+    assert (run.status, run.pid, run.method) == ("completed", os.getpid(), method)
+
+
+def test_a_killed_workers_problem_is_finished_by_another_exactly_once(db_url, local_ray, tmp_path) -> None:
+    from engine.fanout import WorkerPool, evaluate_on_workers
+
+    engine = make_engine(db_url)
+    alone = evaluate(
+        engine,
+        method="mcts",
+        problems=PROBLEMS,
+        components=fake_components(None, SETTINGS.search),
+        settings=SETTINGS,
+    )
+    marker = tmp_path / "died"
+    build = partial(dying_components, str(marker))
+    with WorkerPool(database_url=db_url, build_components=build, workers=2) as pool:
+        fanned = evaluate_on_workers(pool, method="mcts", problems=PROBLEMS, settings=SETTINGS)
+    assert marker.exists(), "a worker was killed mid-problem"
+    assert _answers(fanned) == _answers(alone)
+    assert _tree_texts(engine, fanned.run_id) == _tree_texts(engine, alone.run_id)
+    with Session(engine) as session:
+        trees = session.exec(select(schema.Tree).where(schema.Tree.run_id == fanned.run_id)).all()
+    assert len(trees) == len(PROBLEMS) and {tree.status for tree in trees} == {"completed"}
+    assert all(tree.simulations_done == SETTINGS.search.simulations for tree in trees)
+
+
+def test_a_worker_that_cannot_load_its_model_is_one_line(local_ray, tmp_path) -> None:
+    from engine.errors import WorkerError
+    from engine.fanout import WorkerPool
+
+    build = partial(fake_components, None, "not a config")
+    with pytest.raises(WorkerError, match="a worker could not start: AttributeError") as caught:
+        with WorkerPool(database_url=f"sqlite:///{tmp_path / 'w.db'}", build_components=build, workers=1):
+            pass
+    assert "\n" not in str(caught.value)
+
+
+def _canopy(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "canopy", "eval", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_an_unreachable_ray_address_is_one_line_and_nothing_is_written(local_ray, tmp_path) -> None:
+    db = tmp_path / "cli.db"
+    done = _canopy(
+        "--method",
+        "greedy",
+        "--model",
+        "smollm2-135m",
+        "--n-problems",
+        "2",
+        "--workers",
+        "2",
+        "--ray-address",
+        "127.0.0.1:1",
+        "--db",
+        str(db),
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("canopy: error: unreachable Ray address 127.0.0.1:1 (")
+    assert "ray start --head --port 1" in done.stderr and done.stderr.count("\n") == 1
+    assert not db.exists()
+    done = _canopy(
+        "--method", "greedy", "--model", "smollm2-135m", "--ray-address", "nowhere", "--db", str(db)
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "canopy: error: --ray-address must be auto or HOST:PORT, got 'nowhere'\n"
+    assert not db.exists()
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    from canopy.eval_cmd import add_eval_parser
+
+    parser = argparse.ArgumentParser(prog="canopy")
+    add_eval_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["eval", *argv])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "greedy", "--workers", "0"], "--workers must be >= 1, got 0"),
+        (["--compare", "greedy,mcts", "--workers", "2"], "not --compare or --ablation"),
+    ],
+)
+def test_bad_worker_flags_are_refused_before_anything_is_written(tmp_path, argv, message) -> None:
+    from canopy.errors import CanopyError
+    from canopy.eval_cmd import cmd_eval
+
+    db = tmp_path / "bad.db"
+    with pytest.raises(CanopyError, match=message):
+        cmd_eval(_args(*argv, "--model", "smollm2-135m", "--n-problems", "1", "--db", str(db)))
+    assert not db.exists()
+
+
+def test_workers_without_ray_name_the_extra(tmp_path, monkeypatch) -> None:
+    from canopy.eval_cmd import cmd_eval
+    from engine.errors import WorkerError
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    db = tmp_path / "no-ray.db"
+    with pytest.raises(WorkerError, match=r"need Ray: pip install -e '\.\[cluster\]'"):
+        cmd_eval(_args("--method", "greedy", "--model", "smollm2-135m", "--workers", "2", "--db", str(db)))
+    assert not db.exists()
+
+
+def test_one_worker_never_imports_ray() -> None:
+    code = (
+        "import sys, canopy.eval_cmd, engine.evaluate; "
+        "assert 'ray' not in sys.modules and 'engine.fanout' not in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_on_two_workers_equals_one_process(tmp_path) -> None:
+    pytest.importorskip("ray", reason="Ray is optional (the [cluster] extra): pip install -e '.[cluster]'")
+    flags = ["--method", "greedy", "--model", "smollm2-135m", "--n-problems", "2", "--max-tokens", "16"]
+    alone = _canopy(*flags, "--json", "--db", f"{tmp_path / 'one.db'}")
+    fanned = _canopy(*flags, "--json", "--workers", "2", "--db", f"{tmp_path / 'two.db'}")
+    assert alone.returncode == fanned.returncode == 0, fanned.stderr[-2000:]
+    runs = [json.loads(done.stdout) for done in (alone, fanned)]
+    answers = [[(r["index"], r["answer"], r["generated_tokens"]) for r in run["records"]] for run in runs]
+    assert answers[0] == answers[1]
+    texts = [_tree_texts(make_engine(f"sqlite:///{tmp_path / name}"), 1) for name in ("one.db", "two.db")]
+    assert texts[0] == texts[1] and all(nodes[1] for nodes in texts[1].values())
