@@ -14,6 +14,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from canopy.errors import UsageError
 from engine.config import (
     ANSWER_SELECTIONS,
     SELECTIONS,
@@ -137,6 +138,29 @@ def add_db_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db", help="Database URL or SQLite path (default: $CANOPY_DB or ~/.local/share/canopy)."
     )
+
+
+def add_worker_flags(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """``--workers`` and ``--ray-address``: ``what`` (the problems of ...) on Ray actors."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help=f"Solve {what} on N Ray actors, each loading the model once (>= 1; 1 runs in this "
+        "process without Ray; more needs the [cluster] extra).",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        help="Join this Ray cluster for the workers instead of starting Ray on this machine.",
+    )
+
+
+def fans_out(args: argparse.Namespace) -> bool:
+    """Whether ``--workers``/``--ray-address`` ask for Ray actors (``--workers`` < 1 is a ``UsageError``)."""
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    return args.workers > 1 or args.ray_address is not None
 
 
 def search_settings(

@@ -23,7 +23,9 @@ from canopy.common import (
     add_search_settings,
     add_settings_flags,
     add_task_flags,
+    add_worker_flags,
     check_models,
+    fans_out,
     load_components,
     log,
     resume_hint,
@@ -80,18 +82,7 @@ def add_eval_parser(subcommands) -> argparse.ArgumentParser:
         "as many samples as it takes to spend about the tokens MCTS spent (overrides --samples).",
     )
     parser.add_argument("--config", help="TOML or JSON file of search settings.")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="With --method or --resume: solve problems on N Ray actors, each loading the model once "
-        "(>= 1; 1 runs in this process without Ray; more needs the [cluster] extra).",
-    )
-    parser.add_argument(
-        "--ray-address",
-        metavar="auto|HOST:PORT",
-        help="Join this Ray cluster for --workers instead of starting Ray on this machine.",
-    )
+    add_worker_flags(parser, what="the problems of --method or --resume")
     add_db_flag(parser)
     parser.add_argument("--json", action="store_true", help="Print one JSON object with the result.")
     group = parser.add_argument_group("baseline settings (default: the task's, see engine/defaults.py)")
@@ -179,9 +170,7 @@ class _ProblemProgress:
 
 def _fan_out(args: argparse.Namespace) -> bool:
     """Whether the problems go to Ray actors (checked before anything loads)."""
-    if args.workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    fan_out = args.workers > 1 or args.ray_address is not None
+    fan_out = fans_out(args)
     if fan_out and (args.compare or args.ablation):
         raise UsageError(
             "--workers and --ray-address work with --method and --resume, not --compare or --ablation"

@@ -25,6 +25,8 @@ from canopy.common import (
     add_db_flag,
     add_search_settings,
     add_settings_flags,
+    add_worker_flags,
+    fans_out,
 )
 
 # Section name on the command line and in --config -> ImproveConfig field.
@@ -51,6 +53,7 @@ def add_improve_parser(subcommands) -> argparse.ArgumentParser:
     parser.add_argument("--resume", type=int, metavar="ITERATION_ID", help="Continue an interrupted loop.")
     parser.add_argument("--config", help="TOML or JSON file of settings (sections as in --help).")
     add_db_flag(parser)
+    add_worker_flags(parser, what="the search's and evaluations' problems")
     parser.add_argument("--json", action="store_true", help="Print the iterations as one JSON object.")
     top = parser.add_argument_group("loop settings")
     for spec in fields(ImproveConfig):
@@ -112,12 +115,20 @@ def cmd_improve(args: argparse.Namespace) -> int:
     from store.db import make_engine
     from training.improve import improve, summary
 
+    config = improve_config(args) if args.resume is None else None
+    if fans_out(args):
+        from engine.fanout import connect
+
+        # Once for the whole loop (each stage's workers join it), and before the
+        # store is touched: an unreachable cluster writes nothing.
+        connect(workers=args.workers, address=args.ray_address)
     engine = make_engine(args.db)
+    workers = {"workers": args.workers, "ray_address": args.ray_address}
     try:
-        if args.resume is not None:
-            ids = improve(engine, resume=args.resume)
+        if config is None:
+            ids = improve(engine, resume=args.resume, **workers)
         else:
-            ids = improve(engine, improve_config(args))
+            ids = improve(engine, config, **workers)
     except KeyboardInterrupt:
         raise Interrupted(None) from None  # the loop has said which iteration to resume
     rows = summary(engine, ids)

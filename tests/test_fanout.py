@@ -36,6 +36,7 @@ PROBLEMS = [
     )
     for i in range(5)
 ]
+NO_RAY = "Ray is optional (the [cluster] extra): pip install -e '.[cluster]'"
 SETTINGS = EvalSettings(samples=3, search=SearchConfig(simulations=5, seed=3, similarity="edit", rollouts=1))
 
 
@@ -66,13 +67,44 @@ def dying_components(marker: str):
     return fake_components(DyingPolicy(marker), SETTINGS.search)
 
 
+def use_fake_models() -> None:
+    """The fake policy and critics in place of loaded models, in this process:
+    what the ``fake_models`` fixture does here and Ray's setup hook in every worker."""
+    import engine.api
+    import engine.policies
+
+    def load(model, *, backend="hf", base_url=None):
+        return FakePolicy(name=model)
+
+    def build(config, *, model, critic_models=None, rollout_model=None, policy=None, rollout_policy=None):
+        return fake_components(policy, config, critic_models)
+
+    engine.policies.load_policy = load
+    engine.api.build_components = build
+
+
+@pytest.fixture
+def fake_models(monkeypatch):
+    import engine.api
+    import engine.policies
+
+    monkeypatch.setattr(engine.policies, "load_policy", engine.policies.load_policy)
+    monkeypatch.setattr(engine.api, "build_components", engine.api.build_components)
+    use_fake_models()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
-    """Ray started once for the module (a pool reuses a connection it finds)."""
-    ray = pytest.importorskip(
-        "ray", reason="Ray is the optional [cluster] extra: pip install -e '.[cluster]'"
+    """Ray started once for the module (a pool reuses a connection it finds);
+    its workers load the fake models where a command would load real ones."""
+    ray = pytest.importorskip("ray", reason=NO_RAY)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        runtime_env={"worker_process_setup_hook": use_fake_models},
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
 
@@ -165,41 +197,87 @@ def test_a_worker_that_cannot_load_its_model_is_one_line(local_ray, tmp_path) ->
     assert "\n" not in str(caught.value)
 
 
-def _canopy(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def test_cmd_eval_on_two_workers_and_its_resume(local_ray, fake_models, tmp_path, capsys) -> None:
+    from canopy.eval_cmd import cmd_eval
+
+    db = str(tmp_path / "cli.db")
+    flags = ["--method", "mcts", "--model", "smollm2-135m", "--n-problems", "3", "--simulations", "3"]
+    flags += ["--similarity", "edit", "--db", db, "--json"]
+    assert cmd_eval(_args(*flags)) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert cmd_eval(_args(*flags, "--workers", "2")) == 0
+    fanned = json.loads(capsys.readouterr().out)
+    assert fanned["run_id"] != alone["run_id"]
+    assert [(r["answer"], r["generated_tokens"]) for r in fanned["records"]] == [
+        (r["answer"], r["generated_tokens"]) for r in alone["records"]
+    ]
+    engine = make_engine(db)
+    assert _tree_texts(engine, fanned["run_id"]) == _tree_texts(engine, alone["run_id"])
+    assert cmd_eval(_args("--resume", str(fanned["run_id"]), "--db", db, "--json", "--workers", "2")) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["run_id"] == fanned["run_id"] and all(r["from_store"] for r in again["records"])
+
+
+def test_improve_search_and_evaluation_on_two_workers(local_ray, fake_models, tmp_path) -> None:
+    from store.iterations import Checkpoints, IterationMetrics
+    from store.queries import create_iteration
+    from training.improve_config import ImproveConfig, eval_set
+    from training.improve_stages import IterationContext, evaluate_held_out, search_training_problems
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'improve.db'}")
+    config = ImproveConfig(
+        model="smollm2-135m",
+        checkpoints=str(tmp_path),
+        train_problems=3,
+        eval_problems=3,
+        search=SearchConfig(simulations=3, seed=2, similarity="edit"),
+    )
+    outcomes = []
+    for workers in (1, 2):
+        metrics = IterationMetrics(config=config.to_dict(), round=1, checkpoints=Checkpoints(policy="p"))
+        iteration = create_iteration(engine, name=f"w{workers}", model="p", parent_id=None, metrics=metrics)
+        context = IterationContext(
+            engine=engine,
+            config=config,
+            iteration_id=iteration,
+            round_number=1,
+            held_out=eval_set(config),
+            log=lambda line: None,
+            workers=workers,
+        )
+        search_training_problems(context)
+        evaluate_held_out(context, method="mcts")
+        metrics = context.metrics()
+        runs = {key: _tree_texts(engine, run_id) for key, run_id in metrics.runs.items()}
+        outcomes.append((metrics.train_search, metrics.accuracy, metrics.tokens, runs))
+    assert outcomes[0] == outcomes[1]
+    assert set(outcomes[1][3]) == {"search", "eval_mcts"} and len(outcomes[1][3]["search"]) == 3
+
+
+def _canopy(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "canopy", "eval", *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "canopy", *argv], capture_output=True, text=True, timeout=120, check=False
     )
 
 
 def test_an_unreachable_ray_address_is_one_line_and_nothing_is_written(local_ray, tmp_path) -> None:
     db = tmp_path / "cli.db"
-    done = _canopy(
-        "--method",
-        "greedy",
-        "--model",
-        "smollm2-135m",
-        "--n-problems",
-        "2",
-        "--workers",
-        "2",
-        "--ray-address",
-        "127.0.0.1:1",
-        "--db",
-        str(db),
-    )
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.startswith("canopy: error: unreachable Ray address 127.0.0.1:1 (")
-    assert "ray start --head --port 1" in done.stderr and done.stderr.count("\n") == 1
-    assert not db.exists()
-    done = _canopy(
-        "--method", "greedy", "--model", "smollm2-135m", "--ray-address", "nowhere", "--db", str(db)
-    )
+    model = ["--model", "smollm2-135m", "--db", str(db)]
+    for command in (
+        ["eval", "--method", "greedy", "--n-problems", "2", "--workers", "2"],
+        ["improve", "--iterations", "1"],
+    ):
+        done = _canopy(*command, *model, "--ray-address", "127.0.0.1:1")
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.startswith("canopy: error: unreachable Ray address 127.0.0.1:1 (")
+        assert "ray start --head --port 1" in done.stderr and done.stderr.count("\n") == 1
+        assert not db.exists()
+    done = _canopy("eval", "--method", "greedy", *model, "--ray-address", "nowhere")
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == "canopy: error: --ray-address must be auto or HOST:PORT, got 'nowhere'\n"
+    done = _canopy("improve", *model, "--workers", "0")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "canopy: error: --workers must be >= 1, got 0\n"
     assert not db.exists()
 
 
@@ -250,10 +328,10 @@ def test_one_worker_never_imports_ray() -> None:
 
 @pytest.mark.slow
 def test_smollm2_greedy_on_two_workers_equals_one_process(tmp_path) -> None:
-    pytest.importorskip("ray", reason="Ray is optional (the [cluster] extra): pip install -e '.[cluster]'")
+    pytest.importorskip("ray", reason=NO_RAY)
     flags = ["--method", "greedy", "--model", "smollm2-135m", "--n-problems", "2", "--max-tokens", "16"]
-    alone = _canopy(*flags, "--json", "--db", f"{tmp_path / 'one.db'}")
-    fanned = _canopy(*flags, "--json", "--workers", "2", "--db", f"{tmp_path / 'two.db'}")
+    alone = _canopy("eval", *flags, "--json", "--db", f"{tmp_path / 'one.db'}")
+    fanned = _canopy("eval", *flags, "--json", "--workers", "2", "--db", f"{tmp_path / 'two.db'}")
     assert alone.returncode == fanned.returncode == 0, fanned.stderr[-2000:]
     runs = [json.loads(done.stdout) for done in (alone, fanned)]
     answers = [[(r["index"], r["answer"], r["generated_tokens"]) for r in run["records"]] for run in runs]

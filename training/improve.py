@@ -48,9 +48,12 @@ def improve(
     *,
     resume: int | None = None,
     log: Log | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> list[int]:
     """Run (or, with ``resume``, continue) the loop; returns the iteration ids
-    from the base to the last round.
+    from the base to the last round. ``workers`` and ``ray_address`` fan the
+    search and evaluation stages out to Ray actors (``IterationContext``).
 
     Raises:
         ConfigError: neither or both of ``config`` and ``resume``, or bad
@@ -85,6 +88,8 @@ def improve(
             round_number=round_number,
             held_out=held_out,
             log=log,
+            workers=workers,
+            ray_address=ray_address,
         )
         _run_round(context)
         chain[round_number] = load_iteration(engine, row.id)

@@ -31,6 +31,8 @@ from training.sft_trainer import train_sft
 from training.value_trainer import train_value
 
 if TYPE_CHECKING:
+    from engine.api import Components
+    from engine.config import SearchConfig
     from engine.evaluate import EvalResult
 
 Log = Callable[[str], None]
@@ -54,6 +56,12 @@ class IterationContext:
         round_number: 0 for the base evaluation, then 1, 2, ...
         held_out: the held-out problems, the same every round.
         log: takes one line per event.
+        workers: Ray actors that solve the search's and evaluations' problems
+            (>= 1; 1 without ``ray_address``: in this process, no Ray). How the
+            loop runs, not what it computes: not in ``config``, so a resumed
+            loop may use another count and get the same results.
+        ray_address: a Ray cluster to run the workers on ("auto" or
+            HOST:PORT); None starts Ray here when ``workers`` > 1.
     """
 
     engine: Engine
@@ -62,6 +70,8 @@ class IterationContext:
     round_number: int
     held_out: list[Problem]
     log: Log
+    workers: int = 1
+    ray_address: str | None = None
 
     def metrics(self) -> IterationMetrics:
         """The iteration's metrics as stored now."""
@@ -215,21 +225,28 @@ def measure_critics(context: IterationContext) -> None:
         metrics.critics = report
 
 
-def _evaluate(context: IterationContext, *, run_key: str, method: str, problems: list[Problem]) -> EvalResult:
-    """Evaluate the round's checkpoints with ``method``, continuing the stored
-    run of ``run_key`` if one was begun."""
+def round_components(search: SearchConfig, checkpoints: Checkpoints, backend: str) -> Components:
+    """The policy and critics of a round's ``checkpoints`` on ``backend``: what
+    its searches and evaluations load (in this process, or once in each worker)."""
     from engine.api import build_components
-    from engine.evaluate import evaluate
     from engine.policies import load_policy
 
-    checkpoints = context.checkpoints()
-    search = context.config.search
-    components = build_components(
+    return build_components(
         search,
         model=checkpoints.policy,
         critic_models=CriticModels(value=checkpoints.value, prm=checkpoints.prm, orm=checkpoints.orm),
-        policy=load_policy(checkpoints.policy, backend=context.config.backend),
+        policy=load_policy(checkpoints.policy, backend=backend),
     )
+
+
+def _evaluate(context: IterationContext, *, run_key: str, method: str, problems: list[Problem]) -> EvalResult:
+    """Evaluate the round's checkpoints with ``method``, continuing the stored
+    run of ``run_key`` if one was begun (on ``context.workers`` Ray actors when
+    there are several)."""
+    from engine.evaluate import evaluate
+
+    search = context.config.search
+    build = partial(round_components, search, context.checkpoints(), context.config.backend)
 
     def remember(run_id: int) -> None:
         with context.recording() as metrics:
@@ -242,17 +259,27 @@ def _evaluate(context: IterationContext, *, run_key: str, method: str, problems:
             f" (gold {record.gold}, {record.generated_tokens} tokens)"
         )
 
-    result = evaluate(
-        context.engine,
-        method=method,
-        problems=problems,
-        components=components,
-        settings=EvalSettings(max_tokens=context.config.max_tokens, search=search),
-        run_id=context.metrics().runs.get(run_key),
-        on_problem=progress,
-        on_run_created=remember,
-        meta={"improve_iteration": context.iteration_id, "stage": run_key},
-        iteration_id=context.iteration_id,
-    )
+    request = {
+        "method": method,
+        "problems": problems,
+        "settings": EvalSettings(max_tokens=context.config.max_tokens, search=search),
+        "run_id": context.metrics().runs.get(run_key),
+        "on_problem": progress,
+        "on_run_created": remember,
+        "meta": {"improve_iteration": context.iteration_id, "stage": run_key},
+        "iteration_id": context.iteration_id,
+    }
+    if context.workers > 1 or context.ray_address is not None:
+        from engine.fanout import WorkerPool, evaluate_on_workers
+
+        with WorkerPool(
+            database_url=context.engine.url.render_as_string(hide_password=False),
+            build_components=build,
+            workers=context.workers,
+            address=context.ray_address,
+        ) as pool:
+            result = evaluate_on_workers(pool, **request)
+    else:
+        result = evaluate(context.engine, components=build(), **request)
     context.log(f"  {run_key}: accuracy {result.accuracy}, {result.generated_tokens:.0f} tokens per problem")
     return result
