@@ -1,11 +1,13 @@
-"""``canopy eval --workers N``: problems fanned out to Ray actors (``engine/fanout.py``).
+"""``--workers N``: ``canopy eval``'s and the improve loop's problems fanned out
+to Ray actors (``engine/fanout.py``).
 
 The actors run the fake policy and critics (``tests/fakes.py``), built in each
-actor's own process; the tests that need Ray skip when the optional
-``[cluster]`` extra is not installed. The command-line checks that need no
-Ray (``--workers 0``, Ray missing) run everywhere.
+actor's own process (Ray's worker setup hook stands them in for the models a
+command loads); one slow test runs smollm2-135m behind a real OpenAI-compatible
+server that two workers share. The tests that need Ray skip when the optional
+``[cluster]`` extra is not installed; the command-line checks that need no Ray
+(``--workers 0``, Ray missing) run everywhere.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -26,6 +28,7 @@ from engine.types import Problem
 from store import schema
 from store.db import make_engine
 from tests.fakes import FakePolicy, fake_components
+from tests.test_backend_openai import needs_server, server  # noqa: F401 (the server fixture)
 
 PROBLEMS = [
     Problem(
@@ -327,11 +330,15 @@ def test_one_worker_never_imports_ray() -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_greedy_on_two_workers_equals_one_process(tmp_path) -> None:
+@needs_server
+def test_two_workers_share_one_openai_server_as_one_process_does(server, tmp_path) -> None:  # noqa: F811
+    """smollm2-135m served once by llama.cpp's OpenAI-compatible server; two
+    workers (each with its own client and tokenizer) send it their problems."""
     pytest.importorskip("ray", reason=NO_RAY)
-    flags = ["--method", "greedy", "--model", "smollm2-135m", "--n-problems", "2", "--max-tokens", "16"]
-    alone = _canopy("eval", *flags, "--json", "--db", f"{tmp_path / 'one.db'}")
-    fanned = _canopy("eval", *flags, "--json", "--workers", "2", "--db", f"{tmp_path / 'two.db'}")
+    flags = ["--method", "greedy", "--model", "smollm2-135m", "--n-problems", "3", "--max-tokens", "24"]
+    flags += ["--backend", "openai", "--base-url", server, "--json"]
+    alone = _canopy("eval", *flags, "--db", f"{tmp_path / 'one.db'}")
+    fanned = _canopy("eval", *flags, "--workers", "2", "--db", f"{tmp_path / 'two.db'}")
     assert alone.returncode == fanned.returncode == 0, fanned.stderr[-2000:]
     runs = [json.loads(done.stdout) for done in (alone, fanned)]
     answers = [[(r["index"], r["answer"], r["generated_tokens"]) for r in run["records"]] for run in runs]
