@@ -18,6 +18,8 @@ _EXPORTS = {
     "SearchResult": "engine.api",
     "load_policy": "engine.policies",
     "evaluate": "engine.evaluate",
+    "WorkerPool": "engine.fanout",
+    "evaluate_on_workers": "engine.fanout",
     "compare": "engine.compare",
     "run_ablation": "engine.compare",
 }

@@ -8,6 +8,7 @@ server that two workers share. The tests that need Ray skip when the optional
 ``[cluster]`` extra is not installed; the command-line checks that need no Ray
 (``--workers 0``, Ray missing) run everywhere.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -187,6 +189,21 @@ def test_a_killed_workers_problem_is_finished_by_another_exactly_once(db_url, lo
         trees = session.exec(select(schema.Tree).where(schema.Tree.run_id == fanned.run_id)).all()
     assert len(trees) == len(PROBLEMS) and {tree.status for tree in trees} == {"completed"}
     assert all(tree.simulations_done == SETTINGS.search.simulations for tree in trees)
+
+
+def test_a_request_the_workers_refuse_raises_their_error_here(local_ray, tmp_path) -> None:
+    from engine.config import ConfigError
+    from engine.fanout import WorkerPool, evaluate_on_workers
+
+    search = replace(SETTINGS.search, weight_prm=0.0)
+    settings = replace(SETTINGS, search=search)
+    build = partial(fake_components, None, search)
+    database_url = f"sqlite:///{tmp_path / 'refused.db'}"
+    with WorkerPool(database_url=database_url, build_components=build, workers=1) as pool:
+        with pytest.raises(ConfigError, match="beam search is PRM-guided"):
+            evaluate_on_workers(pool, method="beam", problems=PROBLEMS, settings=settings)
+    with Session(make_engine(database_url)) as session:
+        assert session.exec(select(schema.Run)).all() == []
 
 
 def test_a_worker_that_cannot_load_its_model_is_one_line(local_ray, tmp_path) -> None:
