@@ -11,7 +11,6 @@ import argparse
 import functools
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from engine.api import Components
-    from engine.evaluate import EvalResult
+    from engine.fanout import WorkerPool
     from engine.types import Problem
 
 _SETTING_CHOICES = {"beam_score": BEAM_SCORES}
@@ -82,7 +81,7 @@ def add_eval_parser(subcommands) -> argparse.ArgumentParser:
         "as many samples as it takes to spend about the tokens MCTS spent (overrides --samples).",
     )
     parser.add_argument("--config", help="TOML or JSON file of search settings.")
-    add_worker_flags(parser, what="the problems of --method or --resume")
+    add_worker_flags(parser, what="the problems (of every method, and every ablation row)")
     add_db_flag(parser)
     parser.add_argument("--json", action="store_true", help="Print one JSON object with the result.")
     group = parser.add_argument_group("baseline settings (default: the task's, see engine/defaults.py)")
@@ -168,23 +167,13 @@ class _ProblemProgress:
         self.bar.close()
 
 
-def _fan_out(args: argparse.Namespace) -> bool:
-    """Whether the problems go to Ray actors (checked before anything loads)."""
-    fan_out = fans_out(args)
-    if fan_out and (args.compare or args.ablation):
-        raise UsageError(
-            "--workers and --ray-address work with --method and --resume, not --compare or --ablation"
-        )
-    return fan_out
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from engine.api import RunNotResumable, stored_critic_models
     from engine.compare import ablation_configs
-    from engine.evaluate import eval_run, evaluate
+    from engine.evaluate import eval_run
     from store.db import make_engine
 
-    fan_out = _fan_out(args)
+    fan_out = fans_out(args)  # checked before anything loads
     if args.resume is not None:
         engine = make_engine(args.db)
         run = eval_run(engine, args.resume)
@@ -240,7 +229,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         backend=backend,
     )
     if fan_out:
-        from engine.fanout import WorkerPool, evaluate_on_workers
+        from engine.fanout import WorkerPool
         from store.db import default_db_url, normalize_url
 
         # Ray first: an unreachable cluster stops the command before the store is touched.
@@ -251,17 +240,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             address=args.ray_address,
         ) as pool:
             log(f"{args.workers} workers loaded {model}")
-            return evaluate_and_report(
-                engine=pool.engine,
-                components=None,
-                evaluate_one=functools.partial(evaluate_on_workers, pool),
-            )
-    components = build_components()
-    return evaluate_and_report(
-        engine=engine,
-        components=components,
-        evaluate_one=functools.partial(evaluate, engine, components=components),
-    )
+            return evaluate_and_report(engine=pool.engine, where={"pool": pool})
+    return evaluate_and_report(engine=engine, where={"components": build_components()})
 
 
 def _run(
@@ -273,18 +253,21 @@ def _run(
     settings: EvalSettings,
     selection: dict[str, Any],
     backend: dict[str, Any],
-    components: Components | None,
-    evaluate_one: Callable[..., EvalResult],
+    where: dict[str, Components | WorkerPool],
 ) -> int:
-    """Evaluate (one method through ``evaluate_one``, in this process or on
-    workers; a comparison or the ablation on ``components``) and print the result."""
+    """Evaluate one method, a comparison or the ablation, where ``where`` says:
+    ``{"components": ...}`` in this process, ``{"pool": ...}`` on Ray actors;
+    then print the result."""
     from engine.compare import ablation_configs, compare, run_ablation
+    from engine.evaluate import evaluate
     from engine.reports import results_table
 
     meta = {"problems": selection, "backend": backend}
     rows = len(methods)
+    pool, components = where.get("pool"), where.get("components")
     if args.ablation:
-        rows = len(ablation_configs(settings.search, value_head=components.critics.value is not None))
+        value_head = pool.has_value_head() if pool is not None else components.critics.value is not None
+        rows = len(ablation_configs(settings.search, value_head=value_head))
     progress = _ProblemProgress(len(problems) * rows)
     run_ids: list[int] = []
 
@@ -302,11 +285,11 @@ def _run(
                 engine,
                 methods=methods,
                 problems=problems,
-                components=components,
                 settings=settings,
                 on_run_created=started,
                 on_run_continued=continued,
                 equal_tokens=args.equal_tokens,
+                **where,
                 **report_args,
             )
         elif args.ablation:
@@ -314,12 +297,18 @@ def _run(
                 engine,
                 problems=problems,
                 settings=settings,
-                components=components,
                 on_run_created=started,
                 on_run_continued=continued,
+                **where,
                 **report_args,
             )
         else:
+            if pool is not None:
+                from engine.fanout import evaluate_on_workers
+
+                evaluate_one = functools.partial(evaluate_on_workers, pool)
+            else:
+                evaluate_one = functools.partial(evaluate, engine, components=components)
             result = evaluate_one(
                 method=methods[0],
                 problems=problems,

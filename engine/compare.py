@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
@@ -19,6 +19,9 @@ from engine.evaluate import EvalResult, ProblemRecord, evaluate, matching_run
 from engine.reports import Report, write_report
 from engine.types import Problem
 
+if TYPE_CHECKING:
+    from engine.fanout import WorkerPool
+
 SAMPLING_METHODS = ("self-consistency", "best-of-n")
 """The methods whose compute is set by their sample count."""
 
@@ -28,7 +31,7 @@ def compare(
     *,
     methods: Sequence[str],
     problems: Sequence[Problem],
-    components: Components,
+    components: Components | None = None,
     settings: EvalSettings,
     out_dir: str | Path,
     on_problem: Callable[[str, ProblemRecord, int, int], None] | None = None,
@@ -37,6 +40,7 @@ def compare(
     on_run_continued: Callable[[int], None] | None = None,
     png: bool = True,
     equal_tokens: bool = False,
+    pool: WorkerPool | None = None,
 ) -> Report:
     """Evaluate each method on the same problems (one run each) and write the report
     (``png=False`` skips the image export, which starts a headless Chrome).
@@ -53,7 +57,11 @@ def compare(
     With ``equal_tokens`` greedy and MCTS run first, and the sampling methods
     (self-consistency, best-of-N) then draw ``round(MCTS tokens / greedy
     tokens)`` samples per problem, so they spend about what the search spent.
+
+    The problems run on ``components`` in this process, or on ``pool``'s Ray
+    actors (``engine.fanout``; pass exactly one).
     """
+    _one_place(components, pool)
     unknown = [method for method in methods if method not in METHODS]
     if unknown or not methods:
         raise ConfigError(
@@ -90,6 +98,7 @@ def compare(
             method=method,
             problems=problems,
             components=components,
+            pool=pool,
             settings=method_settings,
             on_problem=callback,
             meta=meta if samples_from is None else {**(meta or {}), "samples_from_run": samples_from},
@@ -105,6 +114,11 @@ def compare(
         title="Accuracy vs generated tokens",
         png=png,
     )
+
+
+def _one_place(components: Components | None, pool: WorkerPool | None) -> None:
+    if (components is None) == (pool is None):
+        raise ConfigError("pass components (run here) or pool (run on Ray actors), not both or neither")
 
 
 def _tagged(callback: Callable[[str, ProblemRecord, int, int], None], tag: str):
@@ -170,21 +184,24 @@ def run_ablation(
     *,
     problems: Sequence[Problem],
     settings: EvalSettings,
-    components: Components,
+    components: Components | None = None,
     out_dir: str | Path,
     on_problem: Callable[[str, ProblemRecord, int, int], None] | None = None,
     meta: dict[str, Any] | None = None,
     on_run_created: Callable[[int], None] | None = None,
     on_run_continued: Callable[[int], None] | None = None,
     png: bool = True,
+    pool: WorkerPool | None = None,
 ) -> Report:
     """Evaluate MCTS under each of ``ablation_configs`` (one run per row) and write
     ``ablation.md`` / ``ablation.html``: component added -> accuracy, tokens.
 
     ``components`` must hold every critic the last row turns on (build them
     from ``ablation_configs(...)[-1][1]``); each row's weights turn the rest off.
-    A row that already has a run with these arguments continues it."""
-    value_head = components.critics.value is not None
+    A row that already has a run with these arguments continues it. The rows
+    run on ``components`` here or on ``pool``'s actors, as in ``compare``."""
+    _one_place(components, pool)
+    value_head = pool.has_value_head() if pool is not None else components.critics.value is not None
     results, labels = [], []
     for label, config in ablation_configs(settings.search, value_head=value_head):
         row_settings = replace(settings, search=config)
@@ -194,6 +211,7 @@ def run_ablation(
                 method="mcts",
                 problems=problems,
                 components=components,
+                pool=pool,
                 settings=row_settings,
                 on_problem=_tagged(on_problem, label) if on_problem is not None else None,
                 meta={**(meta or {}), "ablation": label},
@@ -217,7 +235,8 @@ def _evaluate_or_continue(
     *,
     method: str,
     problems: Sequence[Problem],
-    components: Components,
+    components: Components | None,
+    pool: WorkerPool | None,
     settings: EvalSettings,
     on_problem: Callable[[ProblemRecord, int, int], None] | None,
     meta: dict[str, Any] | None,
@@ -225,24 +244,29 @@ def _evaluate_or_continue(
     on_run_continued: Callable[[int], None] | None,
     samples_from: int | None = None,
 ) -> EvalResult:
-    """``evaluate``, continuing the run these arguments made before if there is one."""
-    run_id = matching_run(
-        engine, method=method, components=components, task=problems[0].task, settings=settings, meta=meta
-    )
+    """``evaluate`` (here or on ``pool``), continuing the run these arguments made before if there is one."""
+    request = {"method": method, "task": problems[0].task, "settings": settings, "meta": meta}
+    if pool is not None:
+        run_id = pool.matching_run(**request)
+    else:
+        run_id = matching_run(engine, components=components, **request)
     if run_id is not None and on_run_continued is not None:
         on_run_continued(run_id)
-    return evaluate(
-        engine,
-        method=method,
-        problems=problems,
-        components=components,
-        settings=settings,
-        run_id=run_id,
-        on_problem=on_problem,
-        meta=meta,
-        on_run_created=on_run_created,
-        samples_from=samples_from,
-    )
+    arguments = {
+        "method": method,
+        "problems": problems,
+        "settings": settings,
+        "run_id": run_id,
+        "on_problem": on_problem,
+        "meta": meta,
+        "on_run_created": on_run_created,
+        "samples_from": samples_from,
+    }
+    if pool is not None:
+        from engine.fanout import evaluate_on_workers
+
+        return evaluate_on_workers(pool, **arguments)
+    return evaluate(engine, components=components, **arguments)
 
 
 __all__ = ["SAMPLING_METHODS", "ablation_configs", "compare", "run_ablation"]

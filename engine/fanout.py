@@ -35,7 +35,7 @@ from sqlmodel import Session
 from engine.api import Components
 from engine.baselines import EvalSettings
 from engine.errors import WorkerError
-from engine.evaluate import EvalResult, ProblemRecord, open_eval_run, solve_problem
+from engine.evaluate import EvalResult, ProblemRecord, matching_run, open_eval_run, solve_problem
 from engine.persist import set_run_status, tracked_run
 from engine.types import Problem
 from store import schema
@@ -65,6 +65,12 @@ class _Worker:
 
     def open_run(self, **request: Any) -> int:
         return open_eval_run(self.engine, components=self.components, **request)
+
+    def matching_run(self, **request: Any) -> int | None:
+        return matching_run(self.engine, components=self.components, **request)
+
+    def has_value_head(self) -> bool:
+        return self.components.critics.value is not None
 
     def solve(
         self, *, run_id: int, method: str, problem: Problem, settings: EvalSettings, samples_from: int | None
@@ -204,6 +210,14 @@ class WorkerPool:
         """``engine.evaluate.open_eval_run`` on the first actor (which holds the
         components it checks the request against); its errors raised here as they are."""
         return self._get(self.actors[0].open_run.remote(**request))
+
+    def matching_run(self, **request: Any) -> int | None:
+        """``engine.evaluate.matching_run`` against the first actor's components."""
+        return self._get(self.actors[0].matching_run.remote(**request))
+
+    def has_value_head(self) -> bool:
+        """Whether the actors loaded a value head (the ablation's last row needs one)."""
+        return self._get(self.actors[0].has_value_head.remote())
 
     def _get(self, ref) -> Any:
         try:

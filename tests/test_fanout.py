@@ -238,6 +238,27 @@ def test_cmd_eval_on_two_workers_and_its_resume(local_ray, fake_models, tmp_path
     assert again["run_id"] == fanned["run_id"] and all(r["from_store"] for r in again["records"])
 
 
+def test_compare_and_ablation_on_two_workers_equal_one_process(local_ray, fake_models, tmp_path, capsys):
+    from canopy.eval_cmd import cmd_eval
+
+    flags = ["--model", "smollm2-135m", "--n-problems", "2", "--simulations", "2", "--similarity", "edit"]
+    flags += ["--no-png", "--json"]
+    reports = {}
+    for what in (["--compare", "greedy,self-consistency,best-of-n,mcts", "--samples", "3"], ["--ablation"]):
+        for workers in ("1", "2"):
+            db = str(tmp_path / f"{what[0]}-{workers}.db")
+            out = str(tmp_path / f"{what[0]}-{workers}")
+            assert cmd_eval(_args(*what, *flags, "--workers", workers, "--db", db, "--out", out)) == 0
+            report = json.loads(capsys.readouterr().out)
+            reports[what[0], workers] = [
+                (row["label"], [(r["answer"], r["generated_tokens"]) for r in row["records"]])
+                for row in report["results"]
+            ]
+    assert reports["--compare", "1"] == reports["--compare", "2"]
+    assert reports["--ablation", "1"] == reports["--ablation", "2"]
+    assert len(reports["--ablation", "2"]) > 2
+
+
 def test_improve_search_and_evaluation_on_two_workers(local_ray, fake_models, tmp_path) -> None:
     from store.iterations import Checkpoints, IterationMetrics
     from store.queries import create_iteration
@@ -313,7 +334,6 @@ def _args(*argv: str) -> argparse.Namespace:
     ("argv", "message"),
     [
         (["--method", "greedy", "--workers", "0"], "--workers must be >= 1, got 0"),
-        (["--compare", "greedy,mcts", "--workers", "2"], "not --compare or --ablation"),
     ],
 )
 def test_bad_worker_flags_are_refused_before_anything_is_written(tmp_path, argv, message) -> None:
