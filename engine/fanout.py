@@ -60,7 +60,8 @@ class _Worker:
         self.components = build_components()
 
     def pid(self) -> int:
-        """This actor's process id (tests kill it with it)."""
+        """This actor's process id; answered once ``__init__`` has loaded the model,
+        so the pool calls it to wait for every actor (and to see one that failed)."""
         return os.getpid()
 
     def open_run(self, **request: Any) -> int:
