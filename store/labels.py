@@ -130,7 +130,9 @@ def remove_label(engine: Engine, *, tree_id: int, node_index: int, author: str) 
     with Session(engine) as session:
         label = session.exec(
             select(Label).where(
-                Label.tree_id == tree_id, Label.node_index == node_index, Label.author == author.strip()
+                Label.tree_id == tree_id,
+                Label.node_index == node_index,
+                Label.author == " ".join(str(author).split()),  # as put_label stored it
             )
         ).first()
         if label is None:

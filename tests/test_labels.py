@@ -49,7 +49,7 @@ def test_a_label_is_stored_replaced_and_removed(engine) -> None:
         run_id = session.get(schema.Tree, tree_id).run_id
     assert {label.run_id for label in labels} == {run_id}
     assert labels[0].updated_at >= labels[0].created_at
-    assert remove_label(engine, tree_id=tree_id, node_index=1, author="bob") is True
+    assert remove_label(engine, tree_id=tree_id, node_index=1, author=" bob ") is True
     assert remove_label(engine, tree_id=tree_id, node_index=1, author="bob") is False
     assert [label.author for label in tree_labels(engine, tree_id)] == ["ada"]
 
