@@ -201,7 +201,7 @@ def label_records(
         query = query.where(col(Label.author).in_(list(authors)))
     with Session(engine) as session:
         rows = session.exec(query).all()
-        steps = _steps(session, {label.tree_id for label, _, _ in rows})
+        steps = _steps(session, {(label.tree_id, label.node_index) for label, _, _ in rows})
     return [
         {
             "id": label.id,
@@ -217,31 +217,30 @@ def label_records(
             "problem_index": problem.index,
             "question": problem.question,
             "gold": problem.answer,
-            "steps": steps.get(label.tree_id, {}).get(label.node_index, []),
+            "steps": steps.get((label.tree_id, label.node_index), []),
         }
         for label, _tree, problem in rows
     ]
 
 
-def _steps(session: Session, tree_ids: set[int]) -> dict[int, dict[int, list[str]]]:
-    """tree id -> node index -> the option texts from the root (excluded) to the node."""
-    if not tree_ids:
+def _steps(session: Session, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], list[str]]:
+    """(tree id, node index) -> the option texts from the root (excluded) to that
+    node, for the ``wanted`` nodes only (their trees' rows are read once)."""
+    if not wanted:
         return {}
     rows = session.exec(
         select(Node.tree_id, Node.index, Node.parent_index, Node.option_text).where(
-            col(Node.tree_id).in_(sorted(tree_ids))
+            col(Node.tree_id).in_(sorted({tree_id for tree_id, _ in wanted}))
         )
     ).all()
-    nodes: dict[int, dict[int, tuple[int, str]]] = defaultdict(dict)
-    for tree_id, index, parent, text in rows:
-        nodes[tree_id][index] = (parent, text)
-    paths: dict[int, dict[int, list[str]]] = defaultdict(dict)
-    for tree_id, members in nodes.items():
-        for index in members:
-            texts, current, seen = [], index, set()
-            while current in members and current not in seen and members[current][0] >= 0:
-                seen.add(current)
-                texts.append(members[current][1])
-                current = members[current][0]
-            paths[tree_id][index] = texts[::-1]
+    nodes = {(tree_id, index): (parent, text) for tree_id, index, parent, text in rows}
+    paths = {}
+    for tree_id, index in wanted:
+        texts, current, seen = [], index, set()
+        while (tree_id, current) in nodes and current not in seen and nodes[(tree_id, current)][0] >= 0:
+            seen.add(current)
+            parent, text = nodes[(tree_id, current)]
+            texts.append(text)
+            current = parent
+        paths[(tree_id, index)] = texts[::-1]
     return paths
