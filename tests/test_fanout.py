@@ -32,6 +32,8 @@ from store.db import make_engine
 from tests.fakes import FakePolicy, fake_components
 from tests.test_backend_openai import needs_server, server  # noqa: F401 (the server fixture)
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 PROBLEMS = [
     Problem(
         question=f"Tom has 3 apples and buys 4 more ({i}). How many apples?",
@@ -108,7 +110,12 @@ def local_ray():
         include_dashboard=False,
         log_to_driver=False,
         logging_level="ERROR",
-        runtime_env={"worker_process_setup_hook": use_fake_models},
+        # The hook is pickled by reference to this module, so the workers
+        # must find `tests` on their path wherever the checkout lies.
+        runtime_env={
+            "worker_process_setup_hook": use_fake_models,
+            "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))},
+        },
     )
     yield ray
     ray.shutdown()
