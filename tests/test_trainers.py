@@ -16,9 +16,8 @@ from engine.types import TrajectoryRequest
 from training.checkpoints import MARKER_FILE, atomic_directory, is_complete, read_marker, write_marker
 from training.dpo_config import DPOTrainConfig
 from training.dpo_trainer import train_dpo
-from training.orm_trainer import train_orm
-from training.prm_trainer import train_prm
 from training.rubric_config import RubricTrainConfig
+from training.rubric_trainer import train_orm, train_prm
 from training.sft_config import SFTTrainConfig
 from training.sft_trainer import train_sft
 from training.value_config import ValueTrainConfig

@@ -25,8 +25,7 @@ from training.checkpoints import TrainResult
 from training.dpo_trainer import train_dpo
 from training.improve_config import ImproveConfig, train_set
 from training.mine import load_examples, mine_trees, trees_of_run
-from training.orm_trainer import train_orm
-from training.prm_trainer import train_prm
+from training.rubric_trainer import train_orm, train_prm
 from training.sft_trainer import train_sft
 from training.value_trainer import train_value
 
