@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy import event, insert, inspect
+from sqlalchemy import event, insert, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlmodel import SQLModel, create_engine
@@ -107,10 +107,8 @@ def make_engine(url: str | None = None, *, create: bool = True, check: bool = Tr
         event.listen(engine, "connect", _set_sqlite_pragmas)
     try:
         if create:
-            if inspect(engine).get_table_names():
+            if inspect(engine).get_table_names() or not _create_schema(engine):
                 check_schema(engine)
-            else:
-                _create_schema(engine)
             _check_writable(engine)
         elif check:
             check_schema(engine)
@@ -132,19 +130,38 @@ def _check_writable(engine: Engine) -> None:
         connection.rollback()
 
 
-def _create_schema(engine: Engine) -> None:
+SCHEMA_LOCK = 0x63616E6F7079
+"""PostgreSQL advisory lock key ("canopy") held while a process creates the schema."""
+
+
+def _create_schema(engine: Engine) -> bool:
     """Make an empty database this code's schema, in one transaction: the
     models' tables, what they do not make (the text index), and the stamps of
-    the head revision."""
+    the head revision. True if this call made it; False if, once it held the
+    lock, another process had made it first.
+
+    Processes opening one new store together (several ``canopy eval`` on a
+    fresh shared PostgreSQL database) take turns here: the transaction holds
+    the database's write lock (SQLite) or an advisory lock (PostgreSQL) and
+    looks for tables again under it."""
     from alembic import command
 
     from store.text_index import create_text_index
 
-    with engine.begin() as connection:
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        if inspect(connection).get_table_names():
+            connection.rollback()
+            return False
         SQLModel.metadata.create_all(connection)
         create_text_index(connection)
         connection.execute(insert(SchemaInfo).values(key="schema_version", value=str(SCHEMA_VERSION)))
         command.stamp(_alembic_config(connection), HEAD_REVISION)
+        connection.commit()
+    return True
 
 
 def _alembic_config(connection):

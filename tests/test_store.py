@@ -174,6 +174,37 @@ def test_list_trees(engine) -> None:
     )
 
 
+def _open_store(url: str, barrier, results) -> None:
+    """A process that opens ``url`` the moment the others do (spawned by the test below)."""
+    barrier.wait()
+    try:
+        make_engine(url).dispose()
+        results.put("ok")
+    except StoreError as exc:
+        results.put(str(exc))
+
+
+def test_processes_opening_a_new_store_together_all_get_it(db_url) -> None:
+    """Several commands started at once on a new shared store: one makes the
+    schema, the others wait for it and use it (before, all but one failed with
+    "table schemainfo already exists" or a duplicate-key error)."""
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    barrier, results = spawn.Barrier(4), spawn.Queue()
+    processes = [spawn.Process(target=_open_store, args=(db_url, barrier, results)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    assert outcomes == ["ok"] * 4
+    engine = make_engine(db_url)
+    with Session(engine) as session:
+        assert session.exec(select(schema.SchemaInfo)).all()[0].key == "schema_version"
+        assert len(session.exec(select(schema.SchemaInfo)).all()) == 1
+
+
 def test_missing_database_is_an_error_for_readers(tmp_path) -> None:
     with pytest.raises(StoreError, match="no database at"):
         make_engine(str(tmp_path / "absent.db"), create=False)
