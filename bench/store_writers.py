@@ -238,7 +238,6 @@ def measure_run(
 ) -> dict[str, Any]:
     """``problems`` split over ``writers`` concurrent processes into ``url``, and
     what the store holds afterwards (see the module docstring for the keys)."""
-    make_engine(url).dispose()  # the schema is made once, before the writers open it
     per_writer = -(-len(problems) // writers)
     slices = [problems[i * per_writer : (i + 1) * per_writer] for i in range(writers)]
     reports = run_writers(url, [s for s in slices if s], simulations, seed)
