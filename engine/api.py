@@ -82,6 +82,31 @@ class Components:
             for name in CRITIC_NAMES
         }
 
+    def reset_caches(self) -> None:
+        """Empty every loaded model's prefix / KV cache (those that keep one).
+
+        A prompt read partly from a cache is computed in other batch shapes than
+        one read whole, and on llama.cpp's quantized weights (and, more rarely,
+        in torch) that moves the logits slightly, which can change a sampled
+        token. ``evaluate`` calls this before each problem, so a problem's
+        answer depends on the problem and the seed only, not on which problems
+        this process solved before: a fan-out over workers, or a resumed run,
+        solves each problem as one uninterrupted process does.
+        """
+        models = [self.policy, self.rollout_policy]
+        for critic, holds in (
+            (self.critics.prm, "scorer"),
+            (self.critics.orm, "scorer"),
+            (self.critics.value, "reader"),
+            (self.critics.tool, "policy"),
+        ):
+            models.append(getattr(critic, holds, None))
+        reset: set[int] = set()
+        for model in models:
+            if id(model) not in reset and hasattr(model, "reset_cache"):
+                reset.add(id(model))
+                model.reset_cache()
+
 
 def build_components(
     config: SearchConfig,

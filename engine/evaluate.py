@@ -372,6 +372,7 @@ def _solve(
     samples: list[Option] | None = None,
 ) -> ProblemRecord:
     policy = components.policy
+    components.reset_caches()
     if method == "mcts":
         tree = None
         if tree_row is None:

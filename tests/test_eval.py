@@ -117,6 +117,60 @@ def test_the_greedy_answer_is_scored_against_the_gold(engine) -> None:
     assert result.accuracy == 0.5 and result.generated_tokens == 4.0
 
 
+class _HistoryPolicy(FakePolicy):
+    """Answers by how much its cache holds, as llama.cpp's quantized logits shift
+    with what is cached: without a reset, a problem's answer would depend on the
+    problems solved before it in the same process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cached: list[tuple[int, ...]] = []
+
+    def reset_cache(self) -> None:
+        self.cached.clear()
+
+    def complete(self, states, *, n, termination, max_tokens, temperature, seed):
+        self.cached.extend(states)
+        text = f"The answer is {len(self.cached)}.\n"
+        ids = self.tokenizer.encode(text)
+        return [[Option(text, ids, -1.0, -0.2, True, "eos")] for _ in range(n)] * len(states)
+
+
+def test_each_problem_starts_from_empty_model_caches(engine) -> None:
+    """So a fan-out or a resumed run answers each problem as one process does."""
+    together = evaluate(
+        engine,
+        method="greedy",
+        problems=PROBLEMS[:3],
+        components=_components(_HistoryPolicy()),
+        settings=_settings(),
+    )
+    alone = evaluate(
+        engine,
+        method="greedy",
+        problems=PROBLEMS[2:3],
+        components=_components(_HistoryPolicy()),
+        settings=_settings(),
+    )
+    assert [record.answer for record in together.records] == ["1"] * 3
+    assert together.records[2].answer == alone.records[0].answer
+
+
+def test_reset_caches_reaches_every_distinct_model_once() -> None:
+    from dataclasses import replace
+
+    policy, rollout = _HistoryPolicy(), _HistoryPolicy()
+    resets: list[int] = []
+    for model in (policy, rollout):
+        model.reset_cache = lambda model=model: resets.append(id(model))
+    shared = _components(policy)  # the rollouts run on the policy itself
+    shared.reset_caches()
+    assert resets == [id(policy)]
+    resets.clear()
+    replace(shared, rollout_policy=rollout).reset_caches()
+    assert resets == [id(policy), id(rollout)]
+
+
 class _Crash(Exception):
     pass
 

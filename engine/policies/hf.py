@@ -137,6 +137,10 @@ class HFPolicy:
     def stats(self) -> PolicyStats:
         return PolicyStats(**vars(self._stats))
 
+    def reset_cache(self) -> None:
+        """Forget every cached state (see ``Components.reset_caches``)."""
+        self.cache = PrefixCache(self.cache.max_bytes)
+
     # -- the model -----------------------------------------------------------
 
     def _forward(
