@@ -35,17 +35,12 @@ rows stored and the count the trees say they hold), ``event_rows``,
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import queue
-import shutil
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.exc import OperationalError  # noqa: E402
 
+from bench.stores import databases, emit, load_average  # noqa: E402
 from engine.baselines import EvalSettings  # noqa: E402
 from engine.config import SearchConfig  # noqa: E402
 from engine.types import Problem  # noqa: E402
@@ -267,43 +263,6 @@ def measure_run(
     }
 
 
-def load_average() -> list[float]:
-    """The 1-, 5- and 15-minute load averages, to read the timings against."""
-    return [round(load, 2) for load in os.getloadavg()]
-
-
-@contextmanager
-def databases(postgres: str | None) -> Iterator[Callable[[str], str]]:
-    """A function giving a store URL of a kind ("sqlite", "postgresql"): a fresh
-    SQLite file, or a fresh PostgreSQL database on a throw-away server (started
-    only when needed, stopped at the end), or always ``postgres`` when given."""
-    folder = Path(tempfile.mkdtemp(prefix="canopy-bench-"))
-    cluster = None
-    made = 0
-
-    def new(kind: str) -> str:
-        nonlocal cluster, made
-        made += 1
-        if kind == "sqlite":
-            return f"sqlite:///{folder / f'store-{made}.db'}"
-        if postgres:
-            return postgres
-        if cluster is None:
-            from tests.postgres import Cluster
-
-            # Its own folder: as root the server runs as "postgres", which must own it.
-            cluster = Cluster(Path(tempfile.mkdtemp(prefix="canopy-bench-pg-")))
-        return cluster.database()
-
-    try:
-        yield new
-    finally:
-        if cluster is not None:
-            cluster.stop()
-            shutil.rmtree(cluster.folder, ignore_errors=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     from engine.tasks import load_problems
 
@@ -358,12 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = make_parser().parse_args(argv)
     if args.writers < 1 or args.problems < 1 or args.simulations < 1:
         raise SystemExit("--writers, --problems and --simulations must be >= 1")
-    report = measure(args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return report
+    return emit(measure(args), args.out)
 
 
 if __name__ == "__main__":

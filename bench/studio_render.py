@@ -33,21 +33,17 @@ and ``best`` of each timing above, ``page_shows_tree`` and ``page_exceptions``),
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.stores import databases, emit, load_average  # noqa: E402
 from engine.answer_selection import AnswerChoice  # noqa: E402
 from engine.config import SearchConfig  # noqa: E402
 from engine.persist import StoreSink, create_run, create_tree, set_run_status  # noqa: E402
@@ -343,41 +339,6 @@ def summary(times: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(times), 4), "best": round(min(times), 4)}
 
 
-def load_average() -> list[float]:
-    """The 1-, 5- and 15-minute load averages, to read the timings against."""
-    return [round(load, 2) for load in os.getloadavg()]
-
-
-@contextmanager
-def databases(postgres: str | None) -> Iterator[Callable[[str], str]]:
-    """A function giving a store URL of a kind ("sqlite", "postgresql"): a fresh
-    SQLite file, or a fresh PostgreSQL database on a throw-away server (started
-    only when needed, stopped at the end), or always ``postgres`` when given."""
-    folder = Path(tempfile.mkdtemp(prefix="canopy-bench-"))
-    cluster = None
-
-    def new(kind: str) -> str:
-        nonlocal cluster
-        if kind == "sqlite":
-            return f"sqlite:///{folder / 'studio.db'}"
-        if postgres:
-            return postgres
-        if cluster is None:
-            from tests.postgres import Cluster
-
-            # Its own folder: as root the server runs as "postgres", which must own it.
-            cluster = Cluster(Path(tempfile.mkdtemp(prefix="canopy-bench-pg-")))
-        return cluster.database()
-
-    try:
-        yield new
-    finally:
-        if cluster is not None:
-            cluster.stop()
-            shutil.rmtree(cluster.folder, ignore_errors=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     kinds = [kind.strip() for kind in args.stores.split(",") if kind.strip()]
     unknown = sorted(set(kinds) - set(STORES))
@@ -445,12 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = make_parser().parse_args(argv)
     if args.nodes < 2 or args.repeats < 1 or args.page_repeats < 0:
         raise SystemExit("--nodes must be >= 2, --repeats >= 1 and --page-repeats >= 0")
-    report = measure(args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return report
+    return emit(measure(args), args.out)
 
 
 if __name__ == "__main__":
